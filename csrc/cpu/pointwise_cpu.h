@@ -1,0 +1,165 @@
+// Vectorised per-row LSTM pointwise kernels (the gate math of
+// include/fusedlstm/gate_math.h on at::vec vectors), used by the cell and the
+// layer ops. Half and bfloat16 rows are computed in float.
+//
+// The vector width is the one this extension was compiled for (setup.py sets
+// CPU_CAPABILITY from the build machine: 16 floats with AVX-512, 8 with AVX2).
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include "fusedlstm/gate_math.h"
+
+namespace fusedlstm {
+
+// Activations on SIMD vectors: the scalar formulas of gate_math.h, with
+// at::vec's exp and tanh (SLEEF, 1 ulp, when a vector ISA is compiled in).
+template <typename S>
+struct Activation<at::vec::Vectorized<S>> {
+  using V = at::vec::Vectorized<S>;
+  static V sigmoid(V x) { return (V(S(1)) + x.neg().exp()).reciprocal(); }
+  static V tanh(V x) { return x.tanh(); }
+};
+
+namespace cpu {
+
+// Loads and stores of scalar_t memory as vectors of its math type.
+template <typename scalar_t>
+struct VecIO {
+  using math_t = scalar_t;
+  using Vec = at::vec::Vectorized<scalar_t>;
+  static Vec load(const scalar_t* p) { return Vec::loadu(p); }
+  static void store(scalar_t* p, const Vec& v) { v.store(p); }
+};
+
+template <typename reduced_t>
+struct ReducedVecIO {
+  using math_t = float;
+  using Vec = at::vec::Vectorized<float>;
+  static Vec load(const reduced_t* p) {
+    Vec v;
+    at::vec::load_to_float<reduced_t>(p, v);
+    return v;
+  }
+  static void store(reduced_t* p, const Vec& v) {
+    at::vec::convert_from_float<reduced_t>(v, v).store(p, Vec::size());
+  }
+};
+
+template <>
+struct VecIO<at::BFloat16> : ReducedVecIO<at::BFloat16> {};
+template <>
+struct VecIO<at::Half> : ReducedVecIO<at::Half> {};
+
+// Forward of `H` hidden units of one row.
+//   pre_a [4H] (+ pre_b [4H] when not null): gate pre-activations
+//   act [4H]: post-activation gates (may alias pre_b)
+//   c_prev [H] -> c [H] (may alias c_prev) and h [H]; c_copy / h_copy, when
+//   not null, receive a second copy of c / h.
+template <typename scalar_t>
+inline void lstm_fwd_row(int64_t H, const scalar_t* pre_a, const scalar_t* pre_b, scalar_t* act,
+                         const scalar_t* c_prev, scalar_t* c, scalar_t* c_copy, scalar_t* h,
+                         scalar_t* h_copy) {
+  using IO = VecIO<scalar_t>;
+  using Vec = typename IO::Vec;
+  using math_t = typename IO::math_t;
+  constexpr int64_t W = Vec::size();
+
+  auto pre = [&](int64_t k) {
+    Vec v = IO::load(pre_a + k);
+    return pre_b ? v + IO::load(pre_b + k) : v;
+  };
+  int64_t j = 0;
+  for (; j + W <= H; j += W) {
+    const Gates<Vec> a = activate_gates(pre(j), pre(H + j), pre(2 * H + j), pre(3 * H + j));
+    const Vec cj = cell_state(a, IO::load(c_prev + j));
+    const Vec hj = hidden_state(a, cj);
+    IO::store(act + j, a.i);
+    IO::store(act + H + j, a.f);
+    IO::store(act + 2 * H + j, a.g);
+    IO::store(act + 3 * H + j, a.o);
+    IO::store(c + j, cj);
+    IO::store(h + j, hj);
+    if (c_copy) IO::store(c_copy + j, cj);
+    if (h_copy) IO::store(h_copy + j, hj);
+  }
+  auto pre_s = [&](int64_t k) {
+    math_t v = static_cast<math_t>(pre_a[k]);
+    return pre_b ? v + static_cast<math_t>(pre_b[k]) : v;
+  };
+  for (; j < H; ++j) {
+    const Gates<math_t> a =
+        activate_gates(pre_s(j), pre_s(H + j), pre_s(2 * H + j), pre_s(3 * H + j));
+    const math_t cj = cell_state(a, static_cast<math_t>(c_prev[j]));
+    const math_t hj = hidden_state(a, cj);
+    act[j] = a.i;
+    act[H + j] = a.f;
+    act[2 * H + j] = a.g;
+    act[3 * H + j] = a.o;
+    c[j] = cj;
+    h[j] = hj;
+    if (c_copy) c_copy[j] = cj;
+    if (h_copy) h_copy[j] = hj;
+  }
+}
+
+// Backward of `H` hidden units of one row.
+//   dh_a [H] (+ dh_b [H] when not null): gradient reaching h
+//   dc [H]: gradient reaching c; act [4H], c_prev [H], c [H] from the forward
+//   -> d_gates [4H] (pre-activation gradients), dc_prev [H] (may alias dc)
+template <typename scalar_t>
+inline void lstm_bwd_row(int64_t H, const scalar_t* dh_a, const scalar_t* dh_b,
+                         const scalar_t* dc, const scalar_t* act, const scalar_t* c_prev,
+                         const scalar_t* c, scalar_t* d_gates, scalar_t* dc_prev) {
+  using IO = VecIO<scalar_t>;
+  using Vec = typename IO::Vec;
+  using math_t = typename IO::math_t;
+  constexpr int64_t W = Vec::size();
+
+  int64_t j = 0;
+  for (; j + W <= H; j += W) {
+    const Gates<Vec> a{IO::load(act + j), IO::load(act + H + j), IO::load(act + 2 * H + j),
+                       IO::load(act + 3 * H + j)};
+    Vec dh = IO::load(dh_a + j);
+    if (dh_b) dh = dh + IO::load(dh_b + j);
+    Vec dcp;
+    const Gates<Vec> d =
+        gates_backward(a, IO::load(c_prev + j), IO::load(c + j), dh, IO::load(dc + j), dcp);
+    IO::store(d_gates + j, d.i);
+    IO::store(d_gates + H + j, d.f);
+    IO::store(d_gates + 2 * H + j, d.g);
+    IO::store(d_gates + 3 * H + j, d.o);
+    IO::store(dc_prev + j, dcp);
+  }
+  for (; j < H; ++j) {
+    const Gates<math_t> a{static_cast<math_t>(act[j]), static_cast<math_t>(act[H + j]),
+                          static_cast<math_t>(act[2 * H + j]),
+                          static_cast<math_t>(act[3 * H + j])};
+    math_t dh = static_cast<math_t>(dh_a[j]);
+    if (dh_b) dh += static_cast<math_t>(dh_b[j]);
+    math_t dcp;
+    const Gates<math_t> d = gates_backward(a, static_cast<math_t>(c_prev[j]),
+                                           static_cast<math_t>(c[j]), dh,
+                                           static_cast<math_t>(dc[j]), dcp);
+    d_gates[j] = d.i;
+    d_gates[H + j] = d.f;
+    d_gates[2 * H + j] = d.g;
+    d_gates[3 * H + j] = d.o;
+    dc_prev[j] = dcp;
+  }
+}
+
+// Runs fn(row_begin, row_end) over `rows` rows of `H` units, in parallel once
+// there is enough work to pay for waking the thread pool.
+template <typename F>
+inline void parallel_rows(int64_t rows, int64_t H, const F& fn) {
+  constexpr int64_t kUnitsPerTask = 16384;
+  const int64_t grain = std::max<int64_t>(1, kUnitsPerTask / std::max<int64_t>(H, 1));
+  at::parallel_for(0, rows, grain, fn);
+}
+
+}  // namespace cpu
+}  // namespace fusedlstm

@@ -1,0 +1,14 @@
+"""fusedlstm: fused LSTM kernels (C++ CPU, CUDA C++, Triton) behind a drop-in
+torch.nn.LSTM, and a character-level language model built on them.
+
+    >>> import torch, fusedlstm
+    >>> lstm = fusedlstm.FusedLSTM(64, 256, num_layers=2, batch_first=True)
+    >>> out, (h_n, c_n) = lstm(torch.randn(8, 100, 64))
+"""
+
+from .backends import available_backends
+from .cell import FusedLSTMCell
+from .lstm import FusedLSTM
+
+__all__ = ["FusedLSTM", "FusedLSTMCell", "available_backends"]
+__version__ = "0.1.0"

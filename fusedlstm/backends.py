@@ -1,0 +1,106 @@
+"""Backends: which implementation of the op contract runs for which tensors.
+
+    "cpu"        C++ kernels, CPU tensors
+    "cuda"       CUDA C++ kernels, CUDA tensors (when compiled in)
+    "reference"  plain PyTorch (fusedlstm.reference), any device
+    "auto"       "cpu" for CPU tensors; "cuda", else "reference", for CUDA ones
+
+FUSEDLSTM_BACKEND, when set, replaces "auto" for modules created afterwards.
+Each backend offers `cell(gates, c_prev) -> (h, c)` and
+`layer(x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse) -> (output, h_n, c_n)`,
+both differentiable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Callable
+
+import torch
+
+from . import _extension, ops, reference
+
+AUTO = "auto"
+ENV_VAR = "FUSEDLSTM_BACKEND"
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    # device type -> None when usable there, else the reason it is not
+    unavailable: Callable[[str], str | None]
+    implementation: Callable[[], object]
+
+    def cell(self, gates, c_prev):
+        return self.implementation().cell(gates, c_prev)
+
+    def layer(self, x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse):
+        return self.implementation().layer(x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse)
+
+
+def _cpu_unavailable(device_type: str) -> str | None:
+    if device_type != "cpu":
+        return f"the cpu backend runs on CPU tensors, not {device_type}"
+    return _extension.load_error
+
+
+def _cuda_unavailable(device_type: str) -> str | None:
+    if device_type != "cuda":
+        return f"the cuda backend runs on CUDA tensors, not {device_type}"
+    if not _extension.loaded():
+        return _extension.load_error
+    if not _extension.has_cuda_kernels():
+        return "fusedlstm._C was built without CUDA kernels (CPU-only torch or no nvcc at build time)"
+    return None
+
+
+BACKENDS: dict[str, Backend] = {
+    "cpu": Backend("cpu", _cpu_unavailable, lambda: ops.cpp),
+    "cuda": Backend("cuda", _cuda_unavailable, lambda: ops.cpp),
+    "reference": Backend("reference", lambda device_type: None,
+                         lambda: SimpleNamespace(cell=reference.lstm_cell, layer=reference.lstm_layer)),
+}
+
+# Preference order of "auto" per device type.
+_AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
+
+
+def register(backend: Backend) -> None:
+    """Add a backend (the Triton backend registers itself this way)."""
+    BACKENDS[backend.name] = backend
+
+
+def available_backends(device="cpu") -> list[str]:
+    """Names of the backends usable for tensors on `device`."""
+    device_type = torch.device(device).type
+    return [name for name, b in BACKENDS.items() if b.unavailable(device_type) is None]
+
+
+def check_name(name: str) -> str:
+    if name != AUTO and name not in BACKENDS:
+        raise ValueError(f"backend must be one of {[AUTO, *BACKENDS]}, got {name!r}")
+    return name
+
+
+def default_name() -> str:
+    """"auto", or the FUSEDLSTM_BACKEND override."""
+    return check_name(os.environ.get(ENV_VAR) or AUTO)
+
+
+def resolve(name: str, device: torch.device) -> Backend:
+    """The backend to run for tensors on `device`; a clear error if unusable."""
+    device_type = device.type
+    if name == AUTO:
+        for candidate in _AUTO_ORDER.get(device_type, ("reference",)):
+            backend = BACKENDS.get(candidate)
+            if backend is not None and backend.unavailable(device_type) is None:
+                return backend
+        name = "reference"
+    backend = BACKENDS[name]
+    reason = backend.unavailable(device_type)
+    if reason is not None:
+        raise RuntimeError(f"fusedlstm: backend {name!r} is not available for {device_type} tensors "
+                           f"({reason}); available: {available_backends(device)}")
+    return backend

@@ -1,0 +1,114 @@
+"""FusedLSTMCell: torch.nn.LSTMCell's interface on the fused cell kernel.
+
+One step at a time (e.g. generating text character by character): the two
+projections are GEMMs and the gate math plus cell update is one fused op.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from . import backends
+from .lstm import check_hidden_dtype, check_same_device, check_size
+
+
+class FusedLSTMCell(nn.Module):
+    """A drop-in torch.nn.LSTMCell.
+
+    input [B, input_size] or unbatched [input_size]; hx = (h [B, H], c [B, H])
+    or None for zeros -> (h' [B, H], c' [B, H]). `backend` as for FusedLSTM.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
+                 dtype=None, backend: str = "auto") -> None:
+        super().__init__()
+        check_size("input_size", input_size)
+        check_size("hidden_size", hidden_size)
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        self.backend = backends.default_name() if backend == backends.AUTO else backends.check_name(backend)
+        factory = {"device": device, "dtype": dtype}
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size, **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """nn.LSTMCell's initialisation (same draws for the same seed)."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
+                + f", backend={self.backend!r}")
+
+    @classmethod
+    def from_lstm_cell(cls, cell: nn.LSTMCell, backend: str = "auto") -> "FusedLSTMCell":
+        """A FusedLSTMCell with `cell`'s configuration, device, dtype and weights (copied)."""
+        w = cell.weight_ih
+        fused = cls(cell.input_size, cell.hidden_size, cell.bias, device=w.device, dtype=w.dtype,
+                    backend=backend)
+        fused.load_state_dict(cell.state_dict())
+        return fused
+
+    def to_lstm_cell(self) -> nn.LSTMCell:
+        """An nn.LSTMCell with this cell's configuration, device, dtype and weights (copied)."""
+        w = self.weight_ih
+        cell = nn.LSTMCell(self.input_size, self.hidden_size, self.bias, device=w.device, dtype=w.dtype)
+        cell.load_state_dict(self.state_dict())
+        return cell
+
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        if input.dim() not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            for k, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(f"LSTMCell: Expected hx[{k}] to be 1D or 2D, got "
+                                     f"{value.dim()}D instead")
+        is_batched = input.dim() == 2
+        x = input if is_batched else input.unsqueeze(0)
+        if x.dtype != self.weight_ih.dtype:
+            raise ValueError(f"LSTMCell input dtype ({x.dtype}) does not match weight dtype "
+                             f"({self.weight_ih.dtype})")
+        if x.size(1) != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {x.size(1)} expected "
+                               f"{self.input_size}")
+        if hx is None:
+            h = c = x.new_zeros(x.size(0), self.hidden_size)
+        else:
+            h, c = (hx[0], hx[1]) if is_batched else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+            for k, value in enumerate((h, c)):
+                if value.dim() != 2:
+                    raise RuntimeError(f"LSTMCell: hx[{k}] must be {2 if is_batched else 1}-D for "
+                                       f"{'batched' if is_batched else 'unbatched'} input, got "
+                                       f"{hx[k].dim()}-D")
+                if value.size(0) != x.size(0):
+                    raise RuntimeError(f"Input batch size {x.size(0)} doesn't match hidden{k} "
+                                       f"batch size {value.size(0)}")
+                if value.size(1) != self.hidden_size:
+                    raise RuntimeError(f"hidden{k} has inconsistent hidden_size: got "
+                                       f"{value.size(1)}, expected {self.hidden_size}")
+            check_same_device(x, self.weight_ih, (h, c))
+            check_hidden_dtype(x, (h, c))
+        check_same_device(x, self.weight_ih)
+        backend = backends.resolve(self.backend, x.device)
+        if self.bias:
+            gates = torch.addmm(self.bias_ih + self.bias_hh, x, self.weight_ih.t())
+        else:
+            gates = x @ self.weight_ih.t()
+        gates = gates.addmm(h, self.weight_hh.t())
+        h_next, c_next = backend.cell(gates, c)
+        if not is_batched:
+            return h_next.squeeze(0), c_next.squeeze(0)
+        return h_next, c_next

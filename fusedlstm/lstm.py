@@ -1,0 +1,281 @@
+"""FusedLSTM: torch.nn.LSTM's interface on fusedlstm's kernels.
+
+Same constructor, parameter names and shapes, initialisation, inputs
+(batched, unbatched, batch_first, PackedSequence) and outputs as
+torch.nn.LSTM, so state_dicts move both ways; `backend` picks the kernels.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import backends
+
+
+def check_size(name: str, value, minimum: int = 1) -> None:
+    """nn.LSTM's checks of a size argument (TypeError / ValueError)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be greater than zero" if minimum == 1
+                         else f"{name} must be at least {minimum}, got {value}")
+
+
+def check_same_device(input: Tensor, weight: Tensor, hidden: tuple[Tensor, ...] = ()) -> None:
+    if input.device != weight.device:
+        raise RuntimeError(f"Input and parameter tensors are not at the same device, found input "
+                           f"tensor at {input.device} and parameter tensor at {weight.device}")
+    for h in hidden:
+        if h.device != input.device:
+            raise RuntimeError(f"Input and hidden tensors are not at the same device, found input "
+                               f"tensor at {input.device} and hidden tensor at {h.device}")
+
+
+def check_hidden_dtype(input: Tensor, hidden: tuple[Tensor, ...]) -> None:
+    for k, h in enumerate(hidden):
+        if h.dtype != input.dtype:
+            raise RuntimeError(f"hidden[{k}] dtype ({h.dtype}) does not match input dtype "
+                               f"({input.dtype})")
+
+
+class FusedLSTM(nn.Module):
+    """Multi-layer LSTM with fused kernels; a drop-in torch.nn.LSTM.
+
+    Args are nn.LSTM's, plus `backend`: "auto", "cpu", "cuda", "triton" or
+    "reference" (see fusedlstm.backends; FUSEDLSTM_BACKEND overrides "auto").
+
+    Shapes (L = num_layers, D = 2 if bidirectional else 1, P = proj_size or
+    hidden_size): input [T, B, input_size] ([B, T, input_size] with
+    batch_first, [T, input_size] unbatched, or a PackedSequence); h_0 [L*D, B, P];
+    c_0 [L*D, B, hidden_size]. Returns output [T, B, D*P] (same layout as the
+    input) and (h_n, c_n) shaped like (h_0, c_0).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None, backend: str = "auto") -> None:
+        super().__init__()
+        if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
+                or not 0 <= dropout <= 1):
+            raise ValueError("dropout should be a number in range [0, 1] representing the "
+                             "probability of an element being zeroed")
+        for name, flag in (("bias", bias), ("batch_first", batch_first),
+                           ("bidirectional", bidirectional)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} should be of type bool, got: {type(flag).__name__}")
+        check_size("input_size", input_size)
+        check_size("hidden_size", hidden_size)
+        check_size("num_layers", num_layers)
+        if not isinstance(proj_size, int) or isinstance(proj_size, bool):
+            raise TypeError(f"proj_size should be of type int, got: {type(proj_size).__name__}")
+        if proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable projections")
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
+                          f"non-zero dropout expects num_layers greater than 1, but got "
+                          f"dropout={dropout} and num_layers={num_layers}", stacklevel=2)
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
+        self.dropout, self.proj_size = float(dropout), proj_size
+        self.backend = backends.default_name() if backend == backends.AUTO else backends.check_name(backend)
+
+        factory = {"device": device, "dtype": dtype}
+        gates, out_size = 4 * hidden_size, proj_size or hidden_size
+        self._flat_weights_names: list[str] = []
+        self._all_weights: list[list[str]] = []
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else out_size * self.num_directions
+            for direction in range(self.num_directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                shapes = {"weight_ih": (gates, layer_input), "weight_hh": (gates, out_size)}
+                if bias:
+                    shapes.update(bias_ih=(gates,), bias_hh=(gates,))
+                if proj_size:
+                    shapes["weight_hr"] = (proj_size, hidden_size)
+                names = []
+                for kind, shape in shapes.items():
+                    setattr(self, kind + suffix, nn.Parameter(torch.empty(shape, **factory)))
+                    names.append(kind + suffix)
+                self._flat_weights_names += names
+                self._all_weights.append(names)
+        self.reset_parameters()
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def reset_parameters(self) -> None:
+        """nn.LSTM's initialisation: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)),
+        drawn in the same order, so equal seeds give equal weights."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def flatten_parameters(self) -> None:
+        """No-op, for code written for nn.LSTM (the kernels need no flat buffer)."""
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        return s + f", backend={self.backend!r}"
+
+    # --- conversion to and from nn.LSTM ---------------------------------------------------
+
+    def _config(self) -> dict:
+        return dict(input_size=self.input_size, hidden_size=self.hidden_size,
+                    num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                    dropout=self.dropout, bidirectional=self.bidirectional,
+                    proj_size=self.proj_size)
+
+    @classmethod
+    def from_lstm(cls, lstm: nn.LSTM, backend: str = "auto") -> "FusedLSTM":
+        """A FusedLSTM with `lstm`'s configuration, device, dtype and weights (copied)."""
+        weight = lstm.weight_ih_l0
+        fused = cls(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bias, lstm.batch_first,
+                    lstm.dropout, lstm.bidirectional, lstm.proj_size, device=weight.device,
+                    dtype=weight.dtype, backend=backend)
+        fused.load_state_dict(lstm.state_dict())
+        fused.train(lstm.training)
+        return fused
+
+    def to_lstm(self) -> nn.LSTM:
+        """An nn.LSTM with this module's configuration, device, dtype and weights (copied)."""
+        weight = self.weight_ih_l0
+        lstm = nn.LSTM(**self._config(), device=weight.device, dtype=weight.dtype)
+        lstm.load_state_dict(self.state_dict())
+        lstm.train(self.training)
+        return lstm
+
+    # --- forward -------------------------------------------------------------------------
+
+    def _check_input(self, input: Tensor, expected_dim: int) -> None:
+        weight = self.weight_ih_l0
+        if input.dtype != weight.dtype:
+            raise ValueError(f"RNN input dtype ({input.dtype}) does not match weight dtype "
+                             f"({weight.dtype}). Convert input: input.to({weight.dtype}), or "
+                             f"convert model: model.to({input.dtype})")
+        if input.dim() != expected_dim:
+            raise RuntimeError(f"input must have {expected_dim} dimensions, got {input.dim()}")
+        if input.size(-1) != self.input_size:
+            raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected "
+                               f"{self.input_size}, got {input.size(-1)}")
+
+    def _check_hidden(self, hx: tuple[Tensor, Tensor], batch: int) -> None:
+        layers = self.num_layers * self.num_directions
+        expected = ((layers, batch, self.proj_size or self.hidden_size),
+                    (layers, batch, self.hidden_size))
+        for k, (h, shape) in enumerate(zip(hx, expected)):
+            if tuple(h.shape) != shape:
+                raise RuntimeError(f"Expected hidden[{k}] size {shape}, got {list(h.shape)}")
+
+    def _zero_state(self, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        layers = self.num_layers * self.num_directions
+        h0 = like.new_zeros(layers, batch, self.proj_size or self.hidden_size)
+        return h0, like.new_zeros(layers, batch, self.hidden_size)
+
+    def forward(self, input, hx: tuple[Tensor, Tensor] | None = None):
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            self._check_input(data, 2)
+            batch = int(batch_sizes[0])
+            x, is_batched = data, True
+        else:
+            if not isinstance(input, Tensor):
+                raise TypeError(f"FusedLSTM: expected a Tensor or PackedSequence input, got "
+                                f"{type(input).__name__}")
+            if input.dim() not in (2, 3):
+                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            is_batched = input.dim() == 3
+            batch_sizes = sorted_indices = unsorted_indices = None
+            x = input if is_batched else input.unsqueeze(1)  # time-major [T, B, I]
+            if is_batched and self.batch_first:
+                x = x.transpose(0, 1)
+            self._check_input(x, 3)
+            if x.size(0) == 0:
+                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+            batch = x.size(1)
+
+        if hx is None:
+            hx = self._zero_state(batch, x)
+        else:
+            if not (isinstance(hx, (tuple, list)) and len(hx) == 2
+                    and all(isinstance(h, Tensor) for h in hx)):
+                raise TypeError("FusedLSTM: hx must be a tuple (h_0, c_0) of two tensors")
+            want = 3 if is_batched else 2
+            if hx[0].dim() != want or hx[1].dim() != want:
+                kind = "batched 3-D" if is_batched else "unbatched 2-D"
+                raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
+                                   f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+            hx = tuple(hx) if is_batched else (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+            self._check_hidden(hx, batch)
+            check_same_device(x, self.weight_ih_l0, hx)
+            check_hidden_dtype(x, hx)
+            if sorted_indices is not None:
+                hx = tuple(h.index_select(1, sorted_indices) for h in hx)
+        check_same_device(x, self.weight_ih_l0)
+
+        output, h_n, c_n = self._run_layers(x, hx, batch_sizes)
+
+        if packed:
+            if unsorted_indices is not None:
+                h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
+            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
+        if not is_batched:
+            return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        return output, (h_n, c_n)
+
+    def _run_layers(self, x: Tensor, hx: tuple[Tensor, Tensor], batch_sizes: Tensor | None):
+        """x: time-major [T, B, I] or packed [N, I] -> output [.., D*P], h_n, c_n."""
+        backend = backends.resolve(self.backend, x.device)
+        h0, c0 = hx
+        lead = x.shape[:-1]
+        h_n, c_n = [], []
+        layer_input = x
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(self.num_directions):
+                index = layer * self.num_directions + direction
+                weights = self.all_weights[index]
+                w_ih, w_hh = weights[0], weights[1]
+                w_hr = weights[-1] if self.proj_size else None
+                # Input projections of all steps in one GEMM, both biases folded in.
+                flat = layer_input.reshape(-1, layer_input.size(-1))
+                if self.bias:
+                    x_proj = torch.addmm(weights[2] + weights[3], flat, w_ih.t())
+                else:
+                    x_proj = flat @ w_ih.t()
+                out, h, c = backend.layer(x_proj.view(*lead, -1), w_hh, h0[index], c0[index], w_hr,
+                                          batch_sizes, direction == 1)
+                outputs.append(out)
+                h_n.append(h)
+                c_n.append(c)
+            layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
+        return layer_input, torch.stack(h_n), torch.stack(c_n)

@@ -1,0 +1,149 @@
+"""The op contract's Python half: fake (meta) rules and autograd formulas.
+
+The ops themselves are declared in csrc/ops.cpp (namespace `fusedlstm`) and
+implemented per backend; every implementation of the contract -- the C++
+ops here, the Triton ops in fusedlstm.triton -- gets the same fake rules and
+the same autograd formula, which calls the backend's own backward op (one
+autograd node per layer and direction, not per step).
+
+    lstm_cell_fwd(gates [B,4H], c_prev [B,H]) -> h [B,H], c [B,H], act [B,4H]
+    lstm_cell_bwd(grad_h, grad_c, act, c_prev, c) -> grad_gates [B,4H], grad_c_prev [B,H]
+    lstm_layer_fwd(x_proj [T,B,4H]|[N,4H], w_hh [4H,P], h0 [B,P], c0 [B,H], w_hr [P,H]?,
+                   batch_sizes [T]?, reverse, save_for_backward)
+        -> output [..,P], h_n [B,P], c_n [B,H], acts [..,4H], cells [..,H]
+    lstm_layer_bwd(grad_output?, grad_h_n?, grad_c_n?, w_hh, h0, c0, w_hr?, batch_sizes?,
+                   reverse, output, acts, cells)
+        -> grad_x_proj, grad_w_hh, grad_h0, grad_c0, grad_w_hr
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from . import _extension
+
+CONTRACT = ("lstm_cell_fwd", "lstm_cell_bwd", "lstm_layer_fwd", "lstm_layer_bwd")
+
+
+# --- fake (meta) rules: output shapes from input shapes --------------------------------------
+
+def cell_fwd_fake(gates: Tensor, c_prev: Tensor):
+    torch._check(gates.dim() == 2 and c_prev.dim() == 2,
+                 lambda: f"fusedlstm: gates and c_prev must be 2-D, got {gates.dim()}-D and {c_prev.dim()}-D")
+    torch._check(gates.shape[1] == 4 * c_prev.shape[1] and gates.shape[0] == c_prev.shape[0],
+                 lambda: f"fusedlstm: gates must be [B, 4H] for c_prev [B, H], got {tuple(gates.shape)} "
+                         f"and {tuple(c_prev.shape)}")
+    return torch.empty_like(c_prev), torch.empty_like(c_prev), torch.empty_like(gates)
+
+
+def cell_bwd_fake(grad_h, grad_c, act, c_prev, c):
+    return torch.empty_like(act), torch.empty_like(c_prev)
+
+
+def layer_fwd_fake(x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse, save_for_backward):
+    H, P = c0.shape[1], w_hh.shape[1]
+    torch._check(x_proj.shape[-1] == 4 * H,
+                 lambda: f"fusedlstm: x_proj must end in 4H = {4 * H}, got {tuple(x_proj.shape)}")
+    lead = x_proj.shape[:-1]
+    if save_for_backward:
+        acts, cells = x_proj.new_empty(x_proj.shape), x_proj.new_empty((*lead, H))
+    else:
+        acts, cells = x_proj.new_empty(0), x_proj.new_empty(0)
+    return x_proj.new_empty((*lead, P)), h0.new_empty(h0.shape), c0.new_empty(c0.shape), acts, cells
+
+
+def layer_bwd_fake(grad_output, grad_h_n, grad_c_n, w_hh, h0, c0, w_hr, batch_sizes, reverse,
+                   output, acts, cells):
+    grad_w_hr = w_hr.new_empty(w_hr.shape) if w_hr is not None else acts.new_empty(0)
+    return (acts.new_empty(acts.shape), w_hh.new_empty(w_hh.shape), h0.new_empty(h0.shape),
+            c0.new_empty(c0.shape), grad_w_hr)
+
+
+FAKE_RULES = dict(zip(CONTRACT, (cell_fwd_fake, cell_bwd_fake, layer_fwd_fake, layer_bwd_fake)))
+
+
+# --- autograd ------------------------------------------------------------------------------
+
+def register_autograd(ops: "ContractOps") -> None:
+    """Attach the contract's autograd formulas to one backend's forward ops."""
+
+    def cell_setup(ctx, inputs, output):
+        _, c_prev = inputs
+        _, c, act = output
+        ctx.save_for_backward(act, c_prev, c)
+        ctx.mark_non_differentiable(act)
+        ctx.set_materialize_grads(False)
+
+    def cell_backward(ctx, grad_h, grad_c, _grad_act):
+        act, c_prev, c = ctx.saved_tensors
+        if grad_h is None:
+            grad_h = torch.zeros_like(c)
+        if grad_c is None:
+            grad_c = torch.zeros_like(c)
+        return ops.cell_bwd(grad_h, grad_c, act, c_prev, c)
+
+    def layer_setup(ctx, inputs, output):
+        _, w_hh, h0, c0, w_hr, batch_sizes, reverse, save_for_backward = inputs
+        out, _, _, acts, cells = output
+        ctx.save_for_backward(w_hh, h0, c0, w_hr, batch_sizes, out, acts, cells)
+        ctx.reverse, ctx.saved_activations = reverse, save_for_backward
+        ctx.mark_non_differentiable(acts, cells)
+        ctx.set_materialize_grads(False)
+
+    def layer_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_acts, _grad_cells):
+        if not ctx.saved_activations:
+            raise RuntimeError("fusedlstm: lstm_layer_fwd ran with save_for_backward=False, "
+                               "so it cannot be differentiated; run it with True")
+        w_hh, h0, c0, w_hr, batch_sizes, out, acts, cells = ctx.saved_tensors
+        grad_x, grad_w_hh, grad_h0, grad_c0, grad_w_hr = ops.layer_bwd(
+            grad_output, grad_h_n, grad_c_n, w_hh, h0, c0, w_hr, batch_sizes, ctx.reverse,
+            out, acts, cells)
+        return (grad_x, grad_w_hh, grad_h0, grad_c0,
+                grad_w_hr if w_hr is not None else None, None, None, None)
+
+    torch.library.register_autograd(ops.cell_fwd, cell_backward, setup_context=cell_setup)
+    torch.library.register_autograd(ops.layer_fwd, layer_backward, setup_context=layer_setup)
+
+
+# --- one backend's implementation of the contract ------------------------------------------
+
+def needs_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+@dataclass(frozen=True)
+class ContractOps:
+    """The four ops of one backend, and the differentiable calls built on them."""
+
+    cell_fwd: Callable
+    cell_bwd: Callable
+    layer_fwd: Callable
+    layer_bwd: Callable
+
+    def cell(self, gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+        h, c, _ = self.cell_fwd(gates, c_prev)
+        return h, c
+
+    def layer(self, x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Tensor | None,
+              batch_sizes: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
+        save = needs_grad(x_proj, w_hh, h0, c0, w_hr)
+        output, h_n, c_n, _, _ = self.layer_fwd(x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse, save)
+        return output, h_n, c_n
+
+
+def _register_cpp_ops() -> ContractOps | None:
+    """The C++ ops (CPU and, when compiled, CUDA kernels), or None if not built."""
+    if not _extension.loaded():
+        return None
+    for name, rule in FAKE_RULES.items():
+        torch.library.register_fake(f"fusedlstm::{name}")(rule)
+    ops = ContractOps(*(getattr(torch.ops.fusedlstm, name).default for name in CONTRACT))
+    register_autograd(ops)
+    return ops
+
+
+cpp = _register_cpp_ops()
