@@ -1,6 +1,8 @@
 """The `fusedlstm` command line.
 
     fusedlstm info    versions, compiled kernels, usable backends, GPU
+
+Each part of the package adds its own subcommands in build_parser().
 """
 
 from __future__ import annotations

@@ -270,7 +270,7 @@ class FusedLSTM(nn.Module):
                     x_proj = torch.addmm(weights[2] + weights[3], flat, w_ih.t())
                 else:
                     x_proj = flat @ w_ih.t()
-                out, h, c = backend.layer(x_proj.view(*lead, -1), w_hh, h0[index], c0[index], w_hr,
+                out, h, c = backend.layer(x_proj.view(*lead, 4 * self.hidden_size), w_hh, h0[index], c0[index], w_hr,
                                           batch_sizes, direction == 1)
                 outputs.append(out)
                 h_n.append(h)

@@ -111,7 +111,6 @@ inline LayerGeometry check_layer_args(const at::Tensor& x_proj, const at::Tensor
   g.P = w_hh.size(1);
   TORCH_CHECK(g.H > 0, "fusedlstm: hidden size (c0.size(1)) must be positive, got ", g.H);
   FUSEDLSTM_CHECK_SHAPE(w_hh, 4 * g.H, g.P);
-  FUSEDLSTM_CHECK_SHAPE(h0, g.B, g.P);
   if (w_hr.has_value()) {
     FUSEDLSTM_CHECK_DIM(*w_hr, 2);
     FUSEDLSTM_CHECK_LIKE(*w_hr, x_proj);
@@ -120,6 +119,7 @@ inline LayerGeometry check_layer_args(const at::Tensor& x_proj, const at::Tensor
     TORCH_CHECK(g.P == g.H, "fusedlstm: without w_hr, w_hh must be [4H, H] = [", 4 * g.H, ", ",
                 g.H, "], got ", w_hh.sizes());
   }
+  FUSEDLSTM_CHECK_SHAPE(h0, g.B, g.P);
   if (!g.packed) {
     TORCH_CHECK(x_proj.dim() == 3, "fusedlstm: x_proj must be [T, B, 4H] (or [N, 4H] with "
                 "batch_sizes), got shape ", x_proj.sizes());

@@ -1,0 +1,83 @@
+"""Shared helpers of the test suite: backends under test, tolerances, and
+running a module forward and backward to collect everything to compare."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+from fusedlstm import backends
+
+# (backend, device) pairs of the parity suites. Every registered backend joins
+# on every device it can serve; unusable pairs are skipped with the reason.
+DEVICES = ("cpu", "cuda")
+
+
+def backend_params():
+    params = []
+    for device in DEVICES:
+        for name in backends.BACKENDS:
+            if name == "cpu" and device != "cpu" or name == "cuda" and device != "cuda":
+                continue
+            marks = [pytest.mark.cuda] if device == "cuda" else []
+            params.append(pytest.param(name, device, id=f"{name}-{device}", marks=marks))
+    return params
+
+
+def skip_unless_usable(backend: str, device: str) -> None:
+    """Skip (with the reason) when `backend` cannot run on `device` here."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU on this machine")
+    reason = backends.BACKENDS[backend].unavailable(torch.device(device).type)
+    if reason is not None:
+        pytest.skip(f"backend {backend!r} unavailable on {device}: {reason}")
+
+
+# Tolerances: float64 near 1e-10, float32 near 1e-5 (the brief's rule; fp16/
+# bf16 tests use twice PyTorch's own error against a float32 reference).
+TOLERANCES = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
+
+
+def assert_close(actual, expected, dtype, what=""):
+    torch.testing.assert_close(actual, expected, **TOLERANCES[dtype], msg=lambda m: f"{what}: {m}")
+
+
+def make_input(kind: str, T: int, B: int, I: int, batch_first: bool, dtype, device, generator):
+    """A fresh leaf input that requires grad, and the function that turns it
+    into the module input (called anew for each run, so that the packing is
+    part of each run's graph).
+
+    kind: "padded" ([T, B, I] or batch_first [B, T, I]), "packed" (a
+    PackedSequence of B sequences with unsorted lengths in 1..T, the longest
+    T), or "unbatched" ([T, I])."""
+    if kind == "unbatched":
+        leaf = torch.randn(T, I, dtype=dtype, device=device, generator=generator).requires_grad_()
+        return leaf, lambda x: x
+    shape = (B, T, I) if batch_first else (T, B, I)
+    leaf = torch.randn(shape, dtype=dtype, device=device, generator=generator).requires_grad_()
+    if kind == "padded":
+        return leaf, lambda x: x
+    lengths = torch.randint(1, T + 1, (B,), generator=generator)
+    lengths[torch.randint(0, B, (1,), generator=generator)] = T
+    return leaf, lambda x: pack_padded_sequence(x, lengths, batch_first=batch_first,
+                                                enforce_sorted=False)
+
+
+def forward_backward(module, leaf, to_input, hx, generator):
+    """Run module(to_input(leaf), hx), back-propagate a random weighting of every output,
+    and return {name: tensor} of outputs and gradients."""
+    for p in module.parameters():
+        p.grad = None
+    for t in (leaf, *(hx or ())):
+        t.grad = None
+    out, (h_n, c_n) = module(to_input(leaf), hx)
+    data = out.data if isinstance(out, PackedSequence) else out
+    loss = sum((t * torch.randn(t.shape, dtype=t.dtype, generator=generator).to(t.device)).sum()
+               for t in (data, h_n, c_n))
+    loss.backward()
+    result = {"output": data, "h_n": h_n, "c_n": c_n, "grad_input": leaf.grad}
+    if hx is not None:
+        result.update(grad_h0=hx[0].grad, grad_c0=hx[1].grad)
+    result.update({f"grad_{name}": p.grad for name, p in module.named_parameters()})
+    return result

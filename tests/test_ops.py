@@ -1,0 +1,210 @@
+"""The op contract, op by op: each backend's ops against the reference oracle,
+the oracle's explicit backward against autograd, torch.library.opcheck on
+every op and sample, and gradcheck in float64."""
+
+import itertools
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from fusedlstm import FusedLSTM, ops, reference
+from lstm_testing import assert_close
+
+H, P, B = 5, 3, 4
+LENGTHS = [6, 4, 4, 1]  # packed sample: batch_sizes [4, 3, 3, 3, 1, 1]
+
+
+def batch_sizes_of(lengths):
+    return torch.tensor([sum(n > t for n in lengths) for t in range(max(lengths))], dtype=torch.long)
+
+
+def layer_sample(layout, proj, reverse, dtype=torch.float64, device="cpu", seed=0):
+    """(x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse) for lstm_layer_fwd."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(shape, dtype=dtype, generator=g).to(device)
+
+    out = P if proj else H
+    if layout == "dense":
+        x_proj, batch_sizes = rand(6, B, 4 * H), None
+    else:
+        batch_sizes = batch_sizes_of(LENGTHS)
+        x_proj = rand(int(batch_sizes.sum()), 4 * H)
+    return (x_proj, rand(4 * H, out), rand(B, out), rand(B, H), rand(out, H) if proj else None,
+            batch_sizes, reverse)
+
+
+LAYER_CONFIGS = list(itertools.product(["dense", "packed"], [False, True], [False, True]))
+LAYER_IDS = [f"{layout}-{'proj' if p else 'noproj'}-{'rev' if r else 'fwd'}" for layout, p, r in LAYER_CONFIGS]
+
+
+def cell_sample(dtype=torch.float64, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, 4 * H, dtype=dtype, generator=g).to(device),
+            torch.randn(B, H, dtype=dtype, generator=g).to(device))
+
+
+def grads_like(outputs, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(t.shape, dtype=t.dtype, generator=g).to(t.device) for t in outputs]
+
+
+# --- the oracle's backward is autograd's -------------------------------------------------
+
+def test_reference_cell_bwd_matches_autograd():
+    gates, c_prev = (t.requires_grad_() for t in cell_sample())
+    h, c, act = reference.lstm_cell_fwd(gates, c_prev)
+    grad_h, grad_c = grads_like((h, c), 1)
+    expected = torch.autograd.grad((h, c), (gates, c_prev), (grad_h, grad_c))
+    actual = reference.lstm_cell_bwd(grad_h, grad_c, act.detach(), c_prev.detach(), c.detach())
+    for a, e in zip(actual, expected):
+        assert_close(a, e, torch.float64)
+
+
+@pytest.mark.parametrize("layout,proj,reverse", LAYER_CONFIGS, ids=LAYER_IDS)
+def test_reference_layer_bwd_matches_autograd(layout, proj, reverse):
+    x_proj, w_hh, h0, c0, w_hr, batch_sizes, _ = layer_sample(layout, proj, reverse)
+    inputs = [t.requires_grad_() for t in (x_proj, w_hh, h0, c0) + ((w_hr,) if proj else ())]
+    out, h_n, c_n, acts, cells = reference.lstm_layer_fwd(x_proj, w_hh, h0, c0, w_hr, batch_sizes,
+                                                          reverse)
+    grads = grads_like((out, h_n, c_n), 2)
+    expected = torch.autograd.grad((out, h_n, c_n), inputs, grads)
+    actual = reference.lstm_layer_bwd(*grads, w_hh, h0, c0, w_hr, batch_sizes, reverse,
+                                      out.detach(), acts.detach(), cells.detach())
+    for a, e in zip(actual, expected):
+        assert_close(a, e, torch.float64)
+
+
+# --- each backend's ops against the oracle ---------------------------------------------
+
+CPP_OPS = [getattr(torch.ops.fusedlstm, name).default for name in ops.CONTRACT] if ops.cpp else []
+needs_cpp = pytest.mark.skipif(ops.cpp is None, reason="fusedlstm._C is not built")
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_cpu_cell_ops_match_reference(dtype):
+    gates, c_prev = cell_sample(dtype)
+    actual = ops.cpp.cell_fwd(gates, c_prev)
+    expected = reference.lstm_cell_fwd(gates, c_prev)
+    for a, e in zip(actual, expected):
+        assert_close(a, e, dtype)
+    grad_h, grad_c = grads_like(expected[:2], 3)
+    actual = ops.cpp.cell_bwd(grad_h, grad_c, expected[2], c_prev, expected[1])
+    expected = reference.lstm_cell_bwd(grad_h, grad_c, expected[2], c_prev, expected[1])
+    for a, e in zip(actual, expected):
+        assert_close(a, e, dtype)
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("missing_grads", [False, True], ids=["all-grads", "none-grads"])
+@pytest.mark.parametrize("layout,proj,reverse", LAYER_CONFIGS, ids=LAYER_IDS)
+def test_cpu_layer_ops_match_reference(layout, proj, reverse, dtype, missing_grads):
+    args = layer_sample(layout, proj, reverse, dtype)
+    actual = ops.cpp.layer_fwd(*args, True)
+    expected = reference.lstm_layer_fwd(*args, True)
+    for a, e, name in zip(actual, expected, ["output", "h_n", "c_n", "acts", "cells"]):
+        assert_close(a, e, dtype, name)
+    grads = grads_like(expected[:3], 4)
+    if missing_grads:  # no gradient reaches h_n and c_n: they count as zeros
+        grads = [grads[0], None, None]
+    x_proj, w_hh, h0, c0, w_hr, batch_sizes, _ = args
+    bwd_args = (*grads, w_hh, h0, c0, w_hr, batch_sizes, reverse, *expected[0:1], *expected[3:5])
+    actual = ops.cpp.layer_bwd(*bwd_args)
+    expected = reference.lstm_layer_bwd(*bwd_args)
+    for a, e, name in zip(actual, expected, ["grad_x_proj", "grad_w_hh", "grad_h0", "grad_c0", "grad_w_hr"]):
+        assert_close(a, e, dtype, name)
+
+
+@needs_cpp
+@pytest.mark.parametrize("layout,proj,reverse", LAYER_CONFIGS, ids=LAYER_IDS)
+def test_cpu_layer_without_saving_matches(layout, proj, reverse):
+    args = layer_sample(layout, proj, reverse)
+    saved = ops.cpp.layer_fwd(*args, True)
+    unsaved = ops.cpp.layer_fwd(*args, False)
+    for a, e in zip(unsaved[:3], saved[:3]):
+        assert_close(a, e, torch.float64)
+    assert unsaved[3].numel() == 0 and unsaved[4].numel() == 0
+
+
+@needs_cpp
+def test_layer_without_saving_refuses_backward():
+    x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse = layer_sample("dense", False, False)
+    x_proj.requires_grad_()
+    out = ops.cpp.layer_fwd(x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse, False)[0]
+    with pytest.raises(RuntimeError, match="save_for_backward=False"):
+        out.sum().backward()
+
+
+# --- opcheck and gradcheck ---------------------------------------------------------------
+
+def opcheck_samples():
+    """(op, args) for every op of the contract, over the layer configurations."""
+    samples = []
+    gates, c_prev = cell_sample()
+    h, c, act = reference.lstm_cell_fwd(gates, c_prev)
+    samples.append((0, (gates.clone().requires_grad_(), c_prev.clone().requires_grad_())))
+    samples.append((1, (*grads_like((h, c), 5), act, c_prev, c)))
+    for layout, proj, reverse in LAYER_CONFIGS:
+        args = layer_sample(layout, proj, reverse)
+        grad_args = tuple(t.clone().requires_grad_() if isinstance(t, torch.Tensor) and t.is_floating_point()
+                          else t for t in args)
+        samples.append((2, (*grad_args, True)))
+        samples.append((2, (*args, False)))  # inference: nothing to differentiate
+        out, h_n, c_n, acts, cells = reference.lstm_layer_fwd(*args)
+        x_proj, w_hh, h0, c0, w_hr, batch_sizes, _ = args
+        go, gh, gc = grads_like((out, h_n, c_n), 6)
+        for grads in ((go, gh, gc), (go, None, None)):
+            samples.append((3, (*grads, w_hh, h0, c0, w_hr, batch_sizes, reverse, out, acts, cells)))
+    return samples
+
+
+@needs_cpp
+@pytest.mark.parametrize("op_index,args", opcheck_samples())
+def test_opcheck(op_index, args):
+    torch.library.opcheck(CPP_OPS[op_index], args)
+
+
+@needs_cpp
+@pytest.mark.parametrize("layout,proj,reverse", LAYER_CONFIGS, ids=LAYER_IDS)
+def test_gradcheck_layer_op(layout, proj, reverse):
+    x_proj, w_hh, h0, c0, w_hr, batch_sizes, _ = layer_sample(layout, proj, reverse)
+    inputs = [t.requires_grad_() for t in (x_proj, w_hh, h0, c0) + ((w_hr,) if proj else ())]
+
+    def run(x_proj, w_hh, h0, c0, w_hr=None):
+        return ops.cpp.layer(x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse)
+
+    assert torch.autograd.gradcheck(run, inputs)
+
+
+@needs_cpp
+def test_gradcheck_cell_op():
+    gates, c_prev = (t.requires_grad_() for t in cell_sample())
+    assert torch.autograd.gradcheck(ops.cpp.cell, (gates, c_prev))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_gradcheck_through_fused_lstm(backend, packed):
+    """Gradients of input, h0, c0 and every parameter, by finite differences."""
+    if backend == "cpu" and ops.cpp is None:
+        pytest.skip("fusedlstm._C is not built")
+    torch.manual_seed(0)
+    lstm = FusedLSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2, dtype=torch.float64,
+                     backend=backend)
+    names = [name for name, _ in lstm.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in lstm.parameters()]
+    x = torch.randn(4, 3, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(4, 3, 4, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([4, 2, 3])
+
+    def run(x, h0, c0, *params):
+        inp = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+        out, (h_n, c_n) = functional_call(lstm, dict(zip(names, params)), (inp, (h0, c0)))
+        return (out.data if packed else out), h_n, c_n
+
+    assert torch.autograd.gradcheck(run, (x, h0, c0, *params))
