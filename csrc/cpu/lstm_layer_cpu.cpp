@@ -1,18 +1,21 @@
 // One LSTM layer and direction on the CPU: the whole recurrence in C++.
 //
-// Forward, per step t (rows 0..n-1 of the step, n = batch_sizes[t]):
-//   rec[n, 4H]  = h_state[n, P] @ W_hh^T              (GEMM)
-//   act, c, h   = gates(x_proj[t] + rec, c_state)      (one fused pass)
-//   out[t]      = h @ W_hr^T   (with a projection; else out[t] = h)
-// h_state / c_state hold each sequence's latest state, so packed sequences
-// that end (forward) or start (reverse) at different steps need no copies.
+// Forward, per step t (rows r < n = batch_sizes[t]):
+//   gates[n, 4H] = h_prev[n, P] @ W_hh^T + x_proj[t]        (recurrent_gemm.h)
+//   act, c, h    = the gate math of gate_math.h, in the GEMM's epilogue
+//   out[t]       = h @ W_hr^T with a projection (a second product), else h
+// h_prev of row r is the previous step's output row, or h0[r] where the row
+// starts (reverse packed sequences); c lives in c_state, updated in place.
 //
-// Backward runs the steps in the opposite order with the fused cell backward
-// and one GEMM per step for the recurrent gradient; the weight gradients are
-// single GEMMs over all steps after the loop.
+// Backward runs the steps in the opposite order. Per step, the recurrent
+// gradient (d_gates of the step processed after it, @ W_hh) is a product whose
+// epilogue runs the fused cell backward; the weight gradients are single GEMMs
+// over all steps after the loop.
+//
+// All steps of a layer run inside one thread team (recurrent_gemm.h): each
+// thread owns a slice of the hidden units, and a barrier ends each phase.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/add.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
@@ -20,8 +23,32 @@
 #include "fusedlstm/checks.h"
 #include "lstm_cpu.h"
 #include "pointwise_cpu.h"
+#include "recurrent_gemm.h"
 
 namespace fusedlstm::cpu {
+namespace {
+
+// Copies, for every row b, the row of `per_step` [rows, width] that belongs to
+// the step `step_of(b)` into dst [B, width].
+template <typename StepOf>
+void gather_rows(const LayerGeometry& g, const at::Tensor& per_step, at::Tensor& dst,
+                 const StepOf& step_of) {
+  for (int64_t b = 0; b < g.B; ++b) dst[b].copy_(per_step[g.offset[step_of(b)] + b]);
+}
+
+// Steps in which sequence b takes part: batch_sizes is non-increasing.
+int64_t length_of(const LayerGeometry& g, int64_t b) {
+  return std::upper_bound(g.batch_sizes.begin(), g.batch_sizes.end(), b,
+                          [](int64_t row, int64_t size) { return row >= size; }) -
+         g.batch_sizes.begin();
+}
+
+// The step in which row b last takes part (the source of h_n) and the one in
+// which it first does (where it reads h0).
+int64_t last_step(const LayerGeometry& g, int64_t b) { return g.reverse ? 0 : length_of(g, b) - 1; }
+int64_t first_step(const LayerGeometry& g, int64_t b) { return g.reverse ? length_of(g, b) - 1 : 0; }
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cpu(
     const at::Tensor& x_proj, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0,
@@ -33,56 +60,91 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   const bool proj = w_hr.has_value();
   const auto opts = x_proj.options();
 
-  const at::Tensor xp = x_proj.contiguous().view({g.rows, G});  // [rows, 4H]
-  const at::Tensor w_hh_t = w_hh.t();                            // [P, 4H]
-  const at::Tensor w_hr_t = proj ? w_hr->t() : at::Tensor();     // [H, P]
+  const at::Tensor xp = x_proj.contiguous().view({g.rows, G});
+  const at::Tensor w_hh_c = w_hh.contiguous(), h0c = h0.contiguous();
+  const at::Tensor w_hr_c = proj ? w_hr->contiguous() : at::Tensor();
   at::Tensor output = at::empty({g.rows, P}, opts);
-  // Gate buffer: every step's activations when saving, else one step's.
-  at::Tensor acts = at::empty({save_for_backward ? g.rows : g.B, G}, opts);
+  at::Tensor acts = at::empty({save_for_backward ? g.rows : 0, G}, opts);
   at::Tensor cells = at::empty({save_for_backward ? g.rows : 0, H}, opts);
-  at::Tensor h_state = h0.contiguous().clone();  // [B, P]
-  at::Tensor c_state = c0.contiguous().clone();  // [B, H]
-  at::Tensor h_raw = at::empty({proj ? g.B : 0, H}, opts);
+  at::Tensor c_state = c0.contiguous().clone();        // [B, H]
+  at::Tensor h_raw = at::empty({proj ? g.B : 0, H}, opts);  // o * tanh(c), before W_hr
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x_proj.scalar_type(), "lstm_layer_fwd_cpu", [&] {
+    using IO = VecIO<scalar_t>;
+    using Vec = typename IO::Vec;
+    constexpr int64_t U = Vec::size();
+    const auto gates_w = pack_gate_interleaved<scalar_t>(w_hh_c, H);  // K = P
+    const auto proj_w = proj ? pack_transposed<scalar_t>(w_hr_c) : Panels<math_type<scalar_t>>();
     const scalar_t* xp_p = xp.const_data_ptr<scalar_t>();
+    const scalar_t* h0_p = h0c.const_data_ptr<scalar_t>();
     scalar_t* out_p = output.mutable_data_ptr<scalar_t>();
-    scalar_t* acts_p = acts.mutable_data_ptr<scalar_t>();
-    scalar_t* cells_p = cells.mutable_data_ptr<scalar_t>();
-    scalar_t* hs_p = h_state.mutable_data_ptr<scalar_t>();
+    scalar_t* acts_p = save_for_backward ? acts.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* cells_p = save_for_backward ? cells.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* cs_p = c_state.mutable_data_ptr<scalar_t>();
-    scalar_t* hr_p = h_raw.mutable_data_ptr<scalar_t>();
-    for (int64_t k = 0; k < g.T; ++k) {
-      const int64_t t = g.step(k), n = g.batch_sizes[t], off = g.offset[t];
-      if (n == 0) continue;
-      const int64_t gate_row = save_for_backward ? off : 0;
-      at::Tensor rec = acts.narrow(0, gate_row, n);
-      at::mm_out(rec, h_state.narrow(0, 0, n), w_hh_t);
-      parallel_rows(n, H, [&](int64_t begin, int64_t end) {
-        for (int64_t b = begin; b < end; ++b) {
-          scalar_t* act = acts_p + (gate_row + b) * G;
-          scalar_t* h = proj ? hr_p + b * H : out_p + (off + b) * P;
-          lstm_fwd_row<scalar_t>(H, xp_p + (off + b) * G, act, act, cs_p + b * H, cs_p + b * H,
-                                 save_for_backward ? cells_p + (off + b) * H : nullptr, h,
-                                 proj ? nullptr : hs_p + b * P);
+    scalar_t* hr_p = proj ? h_raw.mutable_data_ptr<scalar_t>() : nullptr;
+
+    const int threads = team_size(g.B * G * P, std::max(gates_w.panels, proj_w.panels));
+    run_team(threads, [&](const Team& team) {
+      const auto gate_panels = team.share(gates_w.panels);
+      const auto proj_panels = team.share(proj_w.panels);
+      for (int64_t k = 0; k < g.T; ++k) {
+        const int64_t t = g.step(k), n = g.batch_sizes[t], off = g.offset[t];
+        const int64_t off_prev = k > 0 ? g.offset[g.step(k - 1)] : 0;
+        const RowSource<scalar_t> h_prev{out_p + off_prev * P, P, g.rows_from_previous(k), h0_p, P};
+        const scalar_t* x = xp_p + off * G;
+        scalar_t* h_dst = proj ? hr_p : out_p + off * P;
+        const int64_t h_ld = proj ? H : P;
+        // Panel p holds units [p*U, p*U + U); acc[r][gate] are their gates.
+        multiply_rows(h_prev, n, gates_w, gate_panels,
+                      [&](int64_t p, int64_t r0, int64_t mr, const Accumulators<scalar_t>* acc) {
+          const int64_t u = p * U, count = std::min<int64_t>(U, H - u);
+          for (int64_t i = 0; i < mr; ++i) {
+            const int64_t r = r0 + i;
+            const scalar_t* xr = x + r * G + u;
+            const Gates<Vec> a = activate_gates(
+                acc[i][0] + IO::load(xr, count), acc[i][1] + IO::load(xr + H, count),
+                acc[i][2] + IO::load(xr + 2 * H, count), acc[i][3] + IO::load(xr + 3 * H, count));
+            scalar_t* cs = cs_p + r * H + u;
+            const Vec c = cell_state(a, IO::load(cs, count));
+            IO::store(cs, c, count);
+            IO::store(h_dst + r * h_ld + u, hidden_state(a, c), count);
+            if (save_for_backward) {
+              IO::store(cells_p + (off + r) * H + u, c, count);
+              scalar_t* act = acts_p + (off + r) * G + u;
+              IO::store(act, a.i, count);
+              IO::store(act + H, a.f, count);
+              IO::store(act + 2 * H, a.g, count);
+              IO::store(act + 3 * H, a.o, count);
+            }
+          }
+        });
+        team.barrier();
+        if (proj) {
+          const RowSource<scalar_t> raw{hr_p, H, n, hr_p, H};
+          multiply_rows(raw, n, proj_w, proj_panels,
+                        [&](int64_t p, int64_t r0, int64_t mr, const Accumulators<scalar_t>* acc) {
+            for (int64_t i = 0; i < mr; ++i)
+              for (int64_t j = 0; j < kPanelVecs; ++j) {
+                const int64_t col = p * proj_w.cols + j * U;
+                if (col < P) IO::store(out_p + (off + r0 + i) * P + col, acc[i][j], std::min(U, P - col));
+              }
+          });
+          team.barrier();
         }
-      });
-      if (proj) {
-        at::Tensor out_t = output.narrow(0, off, n);
-        at::mm_out(out_t, h_raw.narrow(0, 0, n), w_hr_t);
-        h_state.narrow(0, 0, n).copy_(out_t);
       }
-    }
+    });
   });
 
-  if (!save_for_backward) {
-    acts = at::empty({0}, opts);
-    cells = at::empty({0}, opts);
-  } else {
+  at::Tensor h_n = at::empty({g.B, P}, opts);
+  gather_rows(g, output, h_n, [&](int64_t b) { return last_step(g, b); });
+  if (save_for_backward) {
     acts = acts.view(g.shape(G));
     cells = cells.view(g.shape(H));
+  } else {
+    acts = at::empty({0}, opts);
+    cells = at::empty({0}, opts);
   }
-  return {output.view(g.shape(P)), h_state, c_state, acts, cells};
+  return {output.view(g.shape(P)), h_n, c_state, acts, cells};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_bwd_cpu(
@@ -103,60 +165,113 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   const at::Tensor out2 = output.contiguous().view({g.rows, P});
   const at::Tensor go2 =
       grad_output.has_value() ? grad_output->contiguous().view({g.rows, P}) : at::Tensor();
+  const at::Tensor ghn = grad_h_n.has_value() ? grad_h_n->contiguous() : at::Tensor();
   const at::Tensor w_hh_c = w_hh.contiguous();  // [4H, P]
   const at::Tensor w_hr_c = proj ? w_hr->contiguous() : at::Tensor();  // [P, H]
   const at::Tensor h0c = h0.contiguous(), c0c = c0.contiguous();
 
-  at::Tensor grad_x = at::empty({g.rows, G}, opts);  // d(pre-activations), every step
-  at::Tensor dh_state = grad_h_n.has_value() ? grad_h_n->contiguous().clone()
-                                             : at::zeros({g.B, P}, opts);
+  at::Tensor grad_x = at::empty({g.rows, G}, opts);  // d(pre-activations) of every step
   at::Tensor dc_state = grad_c_n.has_value() ? grad_c_n->contiguous().clone()
                                              : at::zeros({g.B, H}, opts);
-  // With a projection: dL/d(out) of every step (for grad_w_hr) and dL/dh.
-  at::Tensor dh_out_all = at::empty({proj ? g.rows : 0, P}, opts);
-  at::Tensor dh_raw = at::empty({proj ? g.B : 0, H}, opts);
+  // With a projection, dL/d(out) of every step (for grad_w_hr and dL/dh).
+  at::Tensor dh_out = at::empty({proj ? g.rows : 0, P}, opts);
+  at::Tensor zero_row = at::zeros({G}, opts);  // A row of rows that get no recurrent gradient
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, acts.scalar_type(), "lstm_layer_bwd_cpu", [&] {
+    using IO = VecIO<scalar_t>;
+    using Vec = typename IO::Vec;
+    constexpr int64_t W = Vec::size();
+    // dL/dh_prev = d_gates @ W_hh: B = W_hh [4H, P]; with a projection, then
+    // dL/dh = dL/d(out) @ W_hr: B = W_hr [P, H].
+    const auto hh = pack_plain<scalar_t>(w_hh_c);
+    const auto hr = proj ? pack_plain<scalar_t>(w_hr_c) : Panels<math_type<scalar_t>>();
+    const auto& cell_w = proj ? hr : hh;  // the product whose columns are hidden units
     const scalar_t* acts_p = acts2.const_data_ptr<scalar_t>();
     const scalar_t* cells_p = cells2.const_data_ptr<scalar_t>();
     const scalar_t* go_p = go2.defined() ? go2.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* ghn_p = ghn.defined() ? ghn.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* c0_p = c0c.const_data_ptr<scalar_t>();
+    const scalar_t* zero_p = zero_row.const_data_ptr<scalar_t>();
     scalar_t* gx_p = grad_x.mutable_data_ptr<scalar_t>();
-    scalar_t* dhs_p = dh_state.mutable_data_ptr<scalar_t>();
     scalar_t* dcs_p = dc_state.mutable_data_ptr<scalar_t>();
-    scalar_t* dhr_p = dh_raw.mutable_data_ptr<scalar_t>();
-    for (int64_t k = g.T - 1; k >= 0; --k) {
-      const int64_t t = g.step(k), n = g.batch_sizes[t], off = g.offset[t];
-      if (n == 0) continue;
-      // c_prev of row b: the previous step's cell, or c0 where b starts here.
-      const int64_t from_prev = g.rows_from_previous(k);
-      const scalar_t* c_prev_rows = k > 0 ? cells_p + g.offset[g.step(k - 1)] * H : nullptr;
-      const scalar_t* dh_a = dhs_p;
-      const scalar_t* dh_b = go_p ? go_p + off * P : nullptr;
-      if (proj) {
-        at::Tensor dh_out = dh_out_all.narrow(0, off, n);
-        if (go2.defined()) {
-          at::add_out(dh_out, dh_state.narrow(0, 0, n), go2.narrow(0, off, n));
+    scalar_t* dho_p = proj ? dh_out.mutable_data_ptr<scalar_t>() : nullptr;
+
+    const int threads = team_size(g.B * G * P, std::max(hh.panels, hr.panels));
+    run_team(threads, [&](const Team& team) {
+      const auto unit_panels = team.share(cell_w.panels);
+      const auto out_panels = team.share(hh.panels);
+      for (int64_t k = g.T - 1; k >= 0; --k) {
+        const int64_t t = g.step(k), n = g.batch_sizes[t], off = g.offset[t];
+        // Rows that continue into the step processed after this one get
+        // dL/dh from its d_gates; the others (their last step) from grad_h_n.
+        const int64_t continuing = k + 1 < g.T ? g.rows_from_previous(k + 1) : 0;
+        const int64_t off_next = k + 1 < g.T ? g.offset[g.step(k + 1)] : 0;
+        const RowSource<scalar_t> d_next{gx_p + off_next * G, G, continuing, zero_p, 0};
+        // c_prev of row r: the previous step's cell, or c0 where r starts.
+        const int64_t from_prev = g.rows_from_previous(k);
+        const scalar_t* cells_prev = k > 0 ? cells_p + g.offset[g.step(k - 1)] * H : nullptr;
+        // dL/dh reaching the cell: acc (+ grad_output and grad_h_n without a
+        // projection; those went into dL/d(out) with one).
+        auto cell_backward = [&](int64_t p, int64_t r0, int64_t mr, const Accumulators<scalar_t>* acc) {
+          for (int64_t i = 0; i < mr; ++i) {
+            const int64_t r = r0 + i;
+            for (int64_t j = 0; j < kPanelVecs; ++j) {
+              const int64_t u = p * cell_w.cols + j * W;
+              if (u >= H) break;
+              const int64_t count = std::min(W, H - u);
+              Vec dh = acc[i][j];
+              if (!proj && go_p) dh = dh + IO::load(go_p + (off + r) * P + u, count);
+              if (!proj && ghn_p && r >= continuing) dh = dh + IO::load(ghn_p + r * P + u, count);
+              const scalar_t* act = acts_p + (off + r) * G + u;
+              const Gates<Vec> a{IO::load(act, count), IO::load(act + H, count),
+                                 IO::load(act + 2 * H, count), IO::load(act + 3 * H, count)};
+              const scalar_t* c_prev = r < from_prev ? cells_prev + r * H + u : c0_p + r * H + u;
+              scalar_t* dc = dcs_p + r * H + u;
+              Vec dc_prev;
+              const Gates<Vec> d = gates_backward(a, IO::load(c_prev, count),
+                                                  IO::load(cells_p + (off + r) * H + u, count), dh,
+                                                  IO::load(dc, count), dc_prev);
+              scalar_t* dg = gx_p + (off + r) * G + u;
+              IO::store(dg, d.i, count);
+              IO::store(dg + H, d.f, count);
+              IO::store(dg + 2 * H, d.g, count);
+              IO::store(dg + 3 * H, d.o, count);
+              IO::store(dc, dc_prev, count);
+            }
+          }
+        };
+        if (proj) {
+          // dL/d(out) = grad_output + d_gates_next @ W_hh (+ grad_h_n where the row ends).
+          multiply_rows(d_next, n, hh, out_panels,
+                        [&](int64_t p, int64_t r0, int64_t mr, const Accumulators<scalar_t>* acc) {
+            for (int64_t i = 0; i < mr; ++i) {
+              const int64_t r = r0 + i;
+              for (int64_t j = 0; j < kPanelVecs; ++j) {
+                const int64_t col = p * hh.cols + j * W;
+                if (col >= P) break;
+                const int64_t count = std::min(W, P - col);
+                Vec v = acc[i][j];
+                if (go_p) v = v + IO::load(go_p + (off + r) * P + col, count);
+                if (ghn_p && r >= continuing) v = v + IO::load(ghn_p + r * P + col, count);
+                IO::store(dho_p + (off + r) * P + col, v, count);
+              }
+            }
+          });
+          team.barrier();
+          const RowSource<scalar_t> dh_rows{dho_p + off * P, P, n, dho_p, P};
+          multiply_rows(dh_rows, n, hr, unit_panels, cell_backward);
         } else {
-          dh_out.copy_(dh_state.narrow(0, 0, n));
+          multiply_rows(d_next, n, hh, unit_panels, cell_backward);
         }
-        at::Tensor dh_raw_n = dh_raw.narrow(0, 0, n);
-        at::mm_out(dh_raw_n, dh_out, w_hr_c);
-        dh_a = dhr_p;
-        dh_b = nullptr;
+        team.barrier();
       }
-      parallel_rows(n, H, [&](int64_t begin, int64_t end) {
-        for (int64_t b = begin; b < end; ++b) {
-          const scalar_t* c_prev = b < from_prev ? c_prev_rows + b * H : c0_p + b * H;
-          lstm_bwd_row<scalar_t>(H, dh_a + b * H, dh_b ? dh_b + b * P : nullptr, dcs_p + b * H,
-                                 acts_p + (off + b) * G, c_prev, cells_p + (off + b) * H,
-                                 gx_p + (off + b) * G, dcs_p + b * H);
-        }
-      });
-      at::Tensor dh_state_n = dh_state.narrow(0, 0, n);
-      at::mm_out(dh_state_n, grad_x.narrow(0, off, n), w_hh_c);
-    }
+    });
   });
+
+  // dL/dh0 of row b: its first step's d_gates @ W_hh.
+  at::Tensor first_d_gates = at::empty({g.B, G}, opts);
+  gather_rows(g, grad_x, first_d_gates, [&](int64_t b) { return first_step(g, b); });
+  at::Tensor grad_h0 = at::mm(first_d_gates, w_hh_c);  // [B, P]
 
   // h_prev of every step, [rows, P]: the previous step's output, or h0.
   at::Tensor h_prev = at::empty({g.rows, P}, opts);
@@ -173,10 +288,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   at::Tensor grad_w_hh = at::mm(grad_x.t(), h_prev);  // [4H, P]
   at::Tensor grad_w_hr = at::empty({0}, opts);
   if (proj) {
-    const at::Tensor h_raw_all = acts2.narrow(1, 3 * H, H).mul(cells2.tanh());  // o * tanh(c)
-    grad_w_hr = at::mm(dh_out_all.t(), h_raw_all);                          // [P, H]
+    const at::Tensor h_raw = acts2.narrow(1, 3 * H, H).mul(cells2.tanh());  // o * tanh(c)
+    grad_w_hr = at::mm(dh_out.t(), h_raw);                                  // [P, H]
   }
-  return {grad_x.view(g.shape(G)), grad_w_hh, dh_state, dc_state, grad_w_hr};
+  return {grad_x.view(g.shape(G)), grad_w_hh, grad_h0, dc_state, grad_w_hr};
 }
 
 }  // namespace fusedlstm::cpu

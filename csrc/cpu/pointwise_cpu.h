@@ -26,13 +26,16 @@ struct Activation<at::vec::Vectorized<S>> {
 
 namespace cpu {
 
-// Loads and stores of scalar_t memory as vectors of its math type.
+// Loads and stores of scalar_t memory as vectors of its math type; the
+// `count` forms touch only the first `count` lanes (the rest load as 0).
 template <typename scalar_t>
 struct VecIO {
   using math_t = scalar_t;
   using Vec = at::vec::Vectorized<scalar_t>;
   static Vec load(const scalar_t* p) { return Vec::loadu(p); }
+  static Vec load(const scalar_t* p, int64_t count) { return Vec::loadu(p, count); }
   static void store(scalar_t* p, const Vec& v) { v.store(p); }
+  static void store(scalar_t* p, const Vec& v, int64_t count) { v.store(p, count); }
 };
 
 template <typename reduced_t>
@@ -44,8 +47,13 @@ struct ReducedVecIO {
     at::vec::load_to_float<reduced_t>(p, v);
     return v;
   }
-  static void store(reduced_t* p, const Vec& v) {
-    at::vec::convert_from_float<reduced_t>(v, v).store(p, Vec::size());
+  static Vec load(const reduced_t* p, int64_t count) {
+    return std::get<0>(at::vec::convert_to_float<reduced_t>(
+        at::vec::Vectorized<reduced_t>::loadu(p, count)));
+  }
+  static void store(reduced_t* p, const Vec& v) { store(p, v, Vec::size()); }
+  static void store(reduced_t* p, const Vec& v, int64_t count) {
+    at::vec::convert_from_float<reduced_t>(v, v).store(p, count);
   }
 };
 
