@@ -17,7 +17,9 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/index_select.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/tensor.h>
 #include <ATen/ops/zeros.h>
 
 #include "fusedlstm/checks.h"
@@ -28,12 +30,16 @@
 namespace fusedlstm::cpu {
 namespace {
 
-// Copies, for every row b, the row of `per_step` [rows, width] that belongs to
-// the step `step_of(b)` into dst [B, width].
+at::Tensor row_index(const std::vector<int64_t>& rows) {
+  return at::tensor(rows, at::TensorOptions().dtype(at::kLong));
+}
+
+// Row b of the result is row b of `per_step` [rows, width] in step step_of(b).
 template <typename StepOf>
-void gather_rows(const LayerGeometry& g, const at::Tensor& per_step, at::Tensor& dst,
-                 const StepOf& step_of) {
-  for (int64_t b = 0; b < g.B; ++b) dst[b].copy_(per_step[g.offset[step_of(b)] + b]);
+at::Tensor gather_rows(const LayerGeometry& g, const at::Tensor& per_step, const StepOf& step_of) {
+  std::vector<int64_t> rows(g.B);
+  for (int64_t b = 0; b < g.B; ++b) rows[b] = g.offset[step_of(b)] + b;
+  return per_step.index_select(0, row_index(rows));
 }
 
 // Steps in which sequence b takes part: batch_sizes is non-increasing.
@@ -135,8 +141,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     });
   });
 
-  at::Tensor h_n = at::empty({g.B, P}, opts);
-  gather_rows(g, output, h_n, [&](int64_t b) { return last_step(g, b); });
+  at::Tensor h_n = gather_rows(g, output, [&](int64_t b) { return last_step(g, b); });
   if (save_for_backward) {
     acts = acts.view(g.shape(G));
     cells = cells.view(g.shape(H));
@@ -269,21 +274,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   });
 
   // dL/dh0 of row b: its first step's d_gates @ W_hh.
-  at::Tensor first_d_gates = at::empty({g.B, G}, opts);
-  gather_rows(g, grad_x, first_d_gates, [&](int64_t b) { return first_step(g, b); });
+  const at::Tensor first_d_gates = gather_rows(g, grad_x, [&](int64_t b) { return first_step(g, b); });
   at::Tensor grad_h0 = at::mm(first_d_gates, w_hh_c);  // [B, P]
 
   // h_prev of every step, [rows, P]: the previous step's output, or h0.
   at::Tensor h_prev = at::empty({g.rows, P}, opts);
-  for (int64_t k = 0; k < g.T; ++k) {
-    const int64_t t = g.step(k), n = g.batch_sizes[t], off = g.offset[t];
-    const int64_t from_prev = g.rows_from_previous(k);
-    if (from_prev > 0) {
-      h_prev.narrow(0, off, from_prev).copy_(out2.narrow(0, g.offset[g.step(k - 1)], from_prev));
+  if (!g.packed) {
+    // Dense: the first step processed reads h0, every other one its predecessor.
+    const int64_t shifted = g.rows - g.B;
+    h_prev.narrow(0, g.offset[g.step(0)], g.B).copy_(h0c);
+    h_prev.narrow(0, reverse ? 0 : g.B, shifted).copy_(out2.narrow(0, reverse ? g.B : 0, shifted));
+  } else {
+    std::vector<int64_t> to_prev, from_out, to_h0, from_h0;
+    for (int64_t k = 0; k < g.T; ++k) {
+      const int64_t t = g.step(k), off = g.offset[t], from_prev = g.rows_from_previous(k);
+      for (int64_t r = 0; r < g.batch_sizes[t]; ++r) {
+        (r < from_prev ? to_prev : to_h0).push_back(off + r);
+        (r < from_prev ? from_out : from_h0).push_back(r < from_prev ? g.offset[g.step(k - 1)] + r : r);
+      }
     }
-    if (n > from_prev) {
-      h_prev.narrow(0, off + from_prev, n - from_prev).copy_(h0c.narrow(0, from_prev, n - from_prev));
-    }
+    h_prev.index_copy_(0, row_index(to_prev), out2.index_select(0, row_index(from_out)));
+    h_prev.index_copy_(0, row_index(to_h0), h0c.index_select(0, row_index(from_h0)));
   }
   at::Tensor grad_w_hh = at::mm(grad_x.t(), h_prev);  // [4H, P]
   at::Tensor grad_w_hr = at::empty({0}, opts);
