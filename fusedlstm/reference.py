@@ -9,14 +9,37 @@ Shapes: B batch, H hidden size, P output size (proj_size or H), T steps. A
 layer's per-step tensors are dense, [T, B, *], or packed, [N, *] with
 N = sum(batch_sizes) and the rows of each step contiguous (PackedSequence's
 layout); step t involves only the first batch_sizes[t] sequences.
+
+As in every backend, float16 and bfloat16 data is computed in float32 and
+the results rounded back.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
+_REDUCED = (torch.float16, torch.bfloat16)
 
+
+def _in_float32(fn):
+    """Run fn with float16/bfloat16 tensor arguments upcast to float32 and
+    its floating results rounded back to the arguments' dtype."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        dtype = next(a.dtype for a in args if isinstance(a, Tensor) and a.is_floating_point())
+        if dtype not in _REDUCED:
+            return fn(*args, **kwargs)
+        up = [a.float() if isinstance(a, Tensor) and a.dtype == dtype else a for a in args]
+        return tuple(r.to(dtype) if r.is_floating_point() else r for r in fn(*up, **kwargs))
+
+    return wrapper
+
+
+@_in_float32
 def lstm_cell_fwd(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """gates: [B, 4H] pre-activations (order i, f, g, o), c_prev: [B, H]
     -> h [B, H], c [B, H], act [B, 4H] post-activation gates."""
@@ -27,6 +50,7 @@ def lstm_cell_fwd(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor, Tensor
     return h, c, torch.cat([i, f, g, o], dim=1)
 
 
+@_in_float32
 def lstm_cell_bwd(grad_h: Tensor, grad_c: Tensor, act: Tensor, c_prev: Tensor,
                   c: Tensor) -> tuple[Tensor, Tensor]:
     """Gradients of lstm_cell_fwd: -> grad_gates [B, 4H], grad_c_prev [B, H]."""
@@ -72,6 +96,7 @@ class _Steps:
         return prev, min(self.sizes[prev], self.sizes[self.order[k]])
 
 
+@_in_float32
 def lstm_layer_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Tensor | None = None,
                    batch_sizes: Tensor | None = None, reverse: bool = False,
                    save_for_backward: bool = True):
@@ -99,6 +124,7 @@ def lstm_layer_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: T
             steps.join(cells) if save_for_backward else empty)
 
 
+@_in_float32
 def lstm_layer_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_c_n: Tensor | None,
                    w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Tensor | None,
                    batch_sizes: Tensor | None, reverse: bool, output: Tensor, acts: Tensor,

@@ -64,17 +64,22 @@ def make_input(kind: str, T: int, B: int, I: int, batch_first: bool, dtype, devi
                                                 enforce_sorted=False)
 
 
-def forward_backward(module, leaf, to_input, hx, generator):
+def forward_backward(module, leaf, to_input, hx, generator, round_to=None):
     """Run module(to_input(leaf), hx), back-propagate a random weighting of every output,
-    and return {name: tensor} of outputs and gradients."""
+    and return {name: tensor} of outputs and gradients. The weights are drawn in
+    float64 (rounded to `round_to` first, when given) so that runs in
+    different dtypes can use the same values."""
     for p in module.parameters():
         p.grad = None
     for t in (leaf, *(hx or ())):
         t.grad = None
     out, (h_n, c_n) = module(to_input(leaf), hx)
     data = out.data if isinstance(out, PackedSequence) else out
-    loss = sum((t * torch.randn(t.shape, dtype=t.dtype, generator=generator).to(t.device)).sum()
-               for t in (data, h_n, c_n))
+    def weights(t):
+        w = torch.randn(t.shape, dtype=torch.float64, generator=generator)
+        return (w.to(round_to) if round_to is not None else w).to(t.dtype).to(t.device)
+
+    loss = sum((t * weights(t)).sum() for t in (data, h_n, c_n))
     loss.backward()
     result = {"output": data, "h_n": h_n, "c_n": c_n, "grad_input": leaf.grad}
     if hx is not None:
