@@ -116,11 +116,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
             IO::store(h_dst + r * h_ld + u, hidden_state(a, c), count);
             if (save_for_backward) {
               IO::store(cells_p + (off + r) * H + u, c, count);
-              scalar_t* act = acts_p + (off + r) * G + u;
-              IO::store(act, a.i, count);
-              IO::store(act + H, a.f, count);
-              IO::store(act + 2 * H, a.g, count);
-              IO::store(act + 3 * H, a.o, count);
+              store_gates(acts_p + (off + r) * G + u, H, a, count);
             }
           }
         });
@@ -227,20 +223,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
               Vec dh = acc[i][j];
               if (!proj && go_p) dh = dh + IO::load(go_p + (off + r) * P + u, count);
               if (!proj && ghn_p && r >= continuing) dh = dh + IO::load(ghn_p + r * P + u, count);
-              const scalar_t* act = acts_p + (off + r) * G + u;
-              const Gates<Vec> a{IO::load(act, count), IO::load(act + H, count),
-                                 IO::load(act + 2 * H, count), IO::load(act + 3 * H, count)};
+              const Gates<Vec> a = load_gates(acts_p + (off + r) * G + u, H, count);
               const scalar_t* c_prev = r < from_prev ? cells_prev + r * H + u : c0_p + r * H + u;
               scalar_t* dc = dcs_p + r * H + u;
               Vec dc_prev;
               const Gates<Vec> d = gates_backward(a, IO::load(c_prev, count),
                                                   IO::load(cells_p + (off + r) * H + u, count), dh,
                                                   IO::load(dc, count), dc_prev);
-              scalar_t* dg = gx_p + (off + r) * G + u;
-              IO::store(dg, d.i, count);
-              IO::store(dg + H, d.f, count);
-              IO::store(dg + 2 * H, d.g, count);
-              IO::store(dg + 3 * H, d.o, count);
+              store_gates(gx_p + (off + r) * G + u, H, d, count);
               IO::store(dc, dc_prev, count);
             }
           }

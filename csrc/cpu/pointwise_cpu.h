@@ -62,6 +62,24 @@ struct VecIO<at::BFloat16> : ReducedVecIO<at::BFloat16> {};
 template <>
 struct VecIO<at::Half> : ReducedVecIO<at::Half> {};
 
+// The four gates of `count` units starting at p, gate-major rows [4H]: i at
+// p, f at p + H, g at p + 2H, o at p + 3H.
+template <typename scalar_t, typename Vec = typename VecIO<scalar_t>::Vec>
+inline Gates<Vec> load_gates(const scalar_t* p, int64_t H, int64_t count) {
+  using IO = VecIO<scalar_t>;
+  return {IO::load(p, count), IO::load(p + H, count), IO::load(p + 2 * H, count),
+          IO::load(p + 3 * H, count)};
+}
+
+template <typename scalar_t, typename Vec>
+inline void store_gates(scalar_t* p, int64_t H, const Gates<Vec>& a, int64_t count) {
+  using IO = VecIO<scalar_t>;
+  IO::store(p, a.i, count);
+  IO::store(p + H, a.f, count);
+  IO::store(p + 2 * H, a.g, count);
+  IO::store(p + 3 * H, a.o, count);
+}
+
 // Forward of `H` hidden units of one row.
 //   pre_a [4H] (+ pre_b [4H] when not null): gate pre-activations
 //   act [4H]: post-activation gates (may alias pre_b)
@@ -85,10 +103,7 @@ inline void lstm_fwd_row(int64_t H, const scalar_t* pre_a, const scalar_t* pre_b
     const Gates<Vec> a = activate_gates(pre(j), pre(H + j), pre(2 * H + j), pre(3 * H + j));
     const Vec cj = cell_state(a, IO::load(c_prev + j));
     const Vec hj = hidden_state(a, cj);
-    IO::store(act + j, a.i);
-    IO::store(act + H + j, a.f);
-    IO::store(act + 2 * H + j, a.g);
-    IO::store(act + 3 * H + j, a.o);
+    store_gates(act + j, H, a, W);
     IO::store(c + j, cj);
     IO::store(h + j, hj);
     if (c_copy) IO::store(c_copy + j, cj);
@@ -129,17 +144,13 @@ inline void lstm_bwd_row(int64_t H, const scalar_t* dh_a, const scalar_t* dh_b,
 
   int64_t j = 0;
   for (; j + W <= H; j += W) {
-    const Gates<Vec> a{IO::load(act + j), IO::load(act + H + j), IO::load(act + 2 * H + j),
-                       IO::load(act + 3 * H + j)};
+    const Gates<Vec> a = load_gates(act + j, H, W);
     Vec dh = IO::load(dh_a + j);
     if (dh_b) dh = dh + IO::load(dh_b + j);
     Vec dcp;
     const Gates<Vec> d =
         gates_backward(a, IO::load(c_prev + j), IO::load(c + j), dh, IO::load(dc + j), dcp);
-    IO::store(d_gates + j, d.i);
-    IO::store(d_gates + H + j, d.f);
-    IO::store(d_gates + 2 * H + j, d.g);
-    IO::store(d_gates + 3 * H + j, d.o);
+    store_gates(d_gates + j, H, d, W);
     IO::store(dc_prev + j, dcp);
   }
   for (; j < H; ++j) {
