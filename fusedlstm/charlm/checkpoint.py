@@ -12,7 +12,7 @@ file or the new one, never a partial one.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import torch
@@ -26,7 +26,9 @@ BEST, LAST = "best.pt", "last.pt"
 def save_atomic(obj: dict, path: str | Path) -> None:
     """torch.save(obj) to `path`, all or nothing."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Like mkstemp (a new, unique file), but with the permissions the umask gives any file.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
