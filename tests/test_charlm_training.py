@@ -120,7 +120,7 @@ def test_sigint_saves_and_resume_gives_the_uninterrupted_losses(corpus, tmp_path
     the running train-loss sums all restored; one CPU thread, so the same arithmetic)."""
     path, _ = corpus
     run = tmp_path / "interrupted"
-    process = subprocess.Popen(train_command(path, run, "--max-steps", "200", "--eval-interval", "5"),
+    process = subprocess.Popen(train_command(path, run, "--max-steps", "300", "--eval-interval", "5"),
                                env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_lines(run, 2, process)
     process.send_signal(signal.SIGINT)
@@ -128,13 +128,13 @@ def test_sigint_saves_and_resume_gives_the_uninterrupted_losses(corpus, tmp_path
     assert process.returncode == 0, err
     stopped = ckpt.load(run / ckpt.LAST)["step"]
     assert f"stopped at step {stopped} on request" in err
-    assert 10 <= stopped < 200, "the run should have been interrupted mid-way"
+    assert 10 <= stopped < 300, "the run should have been interrupted mid-way"
 
     result = resume(run, progress=False)
-    assert (result.step, result.stopped) == (200, "max_steps")
+    assert (result.step, result.stopped) == (300, "max_steps")
 
     args = dict(embed_dim=16, hidden_sizes=(48,), dropout=0.2, seq_len=16, batch_size=8, lr=0.01, seed=5,
-                max_steps=200, eval_interval=5, eval_streams=32, warmup_steps=50, precision="auto")
+                max_steps=300, eval_interval=5, eval_streams=32, warmup_steps=50, precision="auto")
     train(tiny_config(path, tmp_path / "straight", **args), progress=False)
     assert losses(run) == losses(tmp_path / "straight")
 
