@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .charlm.cli import add_commands
+
 
 def info(args: argparse.Namespace) -> int:
     import torch
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="versions, compiled kernels and usable backends").set_defaults(run=info)
+    add_commands(commands)
     return parser
 
 

@@ -1,0 +1,472 @@
+"""Training: truncated back-propagation through time over contiguous streams.
+
+    train(make_config(...))          a new run in a new run folder
+    resume("runs/x", max_steps=...)  continue a run exactly where it stopped
+
+Each step reads the next window of every stream ([B, T], see corpus.py),
+starts from the state the previous window ended in (detached), and takes one
+Adam step with the global gradient norm clipped; the learning rate warms up
+linearly, then follows a cosine to lr * min_lr_ratio at the end of the
+budget. Under torchrun every process runs this same loop on its slice of the
+streams, DistributedDataParallel averages the gradients, and decisions (stop,
+divergence) are taken on values summed over processes so all agree; rank 0
+alone writes the run folder:
+
+    metrics.jsonl   one line per evaluation (see metrics.FIELDS)
+    loss.png        the loss curves
+    best.pt         the checkpoint of the best validation loss
+    last.pt         the latest checkpoint (every evaluation, the end, Ctrl-C)
+    config.json     the configuration, for people
+
+A checkpoint holds the weights, Adam's state, the step, the carried stream
+state, every process's RNG states, the vocabulary, the configuration and the
+counters of the run, so that resuming reproduces the uninterrupted run's
+losses exactly (same device type and process count).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from . import checkpoint as ckpt
+from . import distributed
+from .config import BUDGET, TrainConfig, resumed_config
+from .corpus import EvalStreams, TrainStreams, Vocabulary, fingerprint, load_corpus, split
+from .errors import CharLMError, TrainingDiverged
+from .metrics import MetricsLog, bits, plot
+from .model import CharLM, detach_state, zero_state
+
+PRIME_POOL_CHARS = 10_000  # validation text kept in checkpoints for sampling's default prime
+PLOT_EVERY_S = 30.0        # loss.png is redrawn at most this often (and at the end)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    best_val_loss: float | None
+    best_step: int | None
+    stopped: str          # "max_steps", "time", "interrupted" or "already done"
+    model: CharLM
+    main_process: bool    # rank 0 (the one that reports) or a single process
+
+
+def train(config: TrainConfig, progress: bool = True) -> TrainResult:
+    """A new run with `config`; its folder is config.out or runs/charlm-<time>."""
+    return _session(config, None, progress)
+
+
+def resume(run_dir: str | Path, progress: bool = True, **overrides) -> TrainResult:
+    """Continue the run in `run_dir` from its last.pt. `overrides` may change the
+    budget, device, backend and precision (config.RESUMABLE_CHANGES); a new
+    budget restarts the cosine schedule's horizon from the current step."""
+    last = Path(run_dir) / ckpt.LAST
+    if not last.is_file():
+        raise CharLMError(f"nothing to resume: no {ckpt.LAST} in {str(run_dir)!r}")
+    checkpoint = ckpt.load(last)
+    if overrides.get("text") is not None:
+        overrides["text"] = str(Path(overrides["text"]).resolve())
+    saved = TrainConfig.from_dict(checkpoint["config"])
+    config = dataclasses.replace(resumed_config(saved, **overrides), out=str(Path(run_dir)))
+    if any(overrides.get(k) is not None for k in BUDGET):
+        checkpoint["progress"]["planned_steps"] = None
+    return _session(config, checkpoint, progress)
+
+
+def _session(config: TrainConfig, checkpoint: dict | None, progress: bool) -> TrainResult:
+    group, device = distributed.start(config.device)
+    try:
+        return _Trainer(config, checkpoint, group, device, progress).run()
+    finally:
+        distributed.finish(group)
+
+
+def learning_rate(config: TrainConfig, step: int, horizon: int | None) -> float:
+    """Learning rate of 0-based step `step`: linear warm-up over warmup_steps, then a
+    cosine from lr to lr * min_lr_ratio at step `horizon` (constant lr until a
+    time-budgeted run has planned its horizon)."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if horizon is None:
+        return config.lr
+    done = min(1.0, (step - config.warmup_steps) / max(1, horizon - config.warmup_steps))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * done)))
+
+
+# --- random number generators ----------------------------------------------------------------
+
+def rng_state(device: torch.device) -> dict:
+    """Every generator a run may draw from, as checkpoint-safe values."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(saved: dict, device: torch.device) -> None:
+    torch.set_rng_state(saved["torch"])
+    if device.type == "cuda" and saved["cuda"] is not None:
+        torch.cuda.set_rng_state(saved["cuda"], device)
+    name, keys, pos, has_gauss, cached = saved["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = saved["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+# --- stopping on request ---------------------------------------------------------------------
+
+class StopRequest:
+    """SIGINT (Ctrl-C) or SIGTERM asks the loop to stop after the current step and save;
+    a second Ctrl-C aborts at once (the files on disk stay whole)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True  # only a flag: the loop reports it outside the handler
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+class _Trainer:
+    def __init__(self, config: TrainConfig, checkpoint: dict | None, group: distributed.Group,
+                 device: torch.device, progress: bool) -> None:
+        self.group, self.device = group, device
+        text, corpus_name = load_corpus(config.text)
+        if checkpoint is None:
+            config = dataclasses.replace(config, text=None if config.text is None else corpus_name)
+            self.vocab = Vocabulary.of(text)
+        else:
+            self.vocab = Vocabulary(checkpoint["vocab"])
+            if fingerprint(text) != checkpoint["corpus"]["sha256"]:
+                raise CharLMError(f"the corpus {corpus_name!r} changed since the run started "
+                                  f"(its SHA-256 differs from the checkpoint's): resume with the same text")
+        self.config = config
+        self.corpus = {"name": corpus_name, "sha256": fingerprint(text), "chars": len(text)}
+        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+        if self.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise CharLMError("this GPU has no bfloat16 support: pass --precision fp32")
+
+        data = split(self.vocab.encode(text), config.val_fraction)
+        self.prime_pool = text[data.n_train:data.n_train + PRIME_POOL_CHARS]
+        self.streams = TrainStreams(data, config.batch_size, config.seq_len, group.rank, group.world).to(device)
+        self.evals = EvalStreams(data, config.eval_streams, config.seq_len, group.rank, group.world).to(device)
+
+        # Every process builds the same initial weights (DDP would broadcast rank 0's
+        # anyway); then each draws its own dropout masks.
+        seed_everything(config.seed)
+        self.model = CharLM(len(self.vocab), config.embed_dim, config.hidden_sizes, config.dropout,
+                            config.lstm_impl, config.backend).to(device)
+        if group.rank:
+            seed_everything(config.seed + group.rank)
+        self.net = (DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None)
+                    if group.active else self.model)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr,
+                                          fused=device.type == "cuda")
+        self.state = zero_state(self.model, self.streams.streams.size(0), device)
+        self.progress = {
+            "step": 0, "elapsed_s": 0.0, "best_val_loss": None, "best_step": None,
+            "planned_steps": None, "loss_sum": 0.0, "loss_count": 0, "session": 0,
+        }
+        self.saved_step = None  # step of the run folder's last.pt
+        if checkpoint is not None:
+            self._restore(checkpoint)
+            self.saved_step = checkpoint["step"]
+        self.show_progress = progress and group.is_main
+        self._bar = None
+        self.run_dir = self._prepare_run_dir(checkpoint is not None)
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl")
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _restore(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.progress.update(checkpoint["progress"])
+        # The carried state of all streams, [L, B, H] per layer group; take this process's slice.
+        local = self.config.batch_size // self.group.world
+        rows = slice(self.group.rank * local, (self.group.rank + 1) * local)
+        self.state = [(h[:, rows].to(self.device), c[:, rows].to(self.device))
+                      for h, c in checkpoint["train_state"]]
+        rngs = checkpoint["rng"]
+        if len(rngs) == self.group.world:
+            set_rng_state(rngs[self.group.rank], self.device)
+        elif self.group.is_main:
+            print(f"fusedlstm: the checkpoint was written by {len(rngs)} process(es), this run has "
+                  f"{self.group.world}: dropout draws differ from an uninterrupted run", file=sys.stderr)
+
+    def _checkpoint(self) -> dict | None:
+        """The run's checkpoint on rank 0 (None elsewhere); every process must call it."""
+        state = [(self.group.cat(h, 1).cpu(), self.group.cat(c, 1).cpu()) for h, c in self.state]
+        rngs = self.group.gather_objects(rng_state(self.device))
+        if not self.group.is_main:
+            return None
+        return {
+            "format": ckpt.FORMAT,
+            "config": self.config.to_dict(),
+            "vocab": self.vocab.chars,
+            "corpus": self.corpus,
+            "prime_pool": self.prime_pool,
+            "step": self.progress["step"],
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "train_state": state,
+            "rng": rngs,
+            "progress": dict(self.progress),
+            "torch_version": str(torch.__version__),
+        }
+
+    def _save(self, best: bool) -> None:
+        checkpoint = self._checkpoint()
+        if checkpoint is None:
+            return
+        # last.pt first: a kill between the two writes leaves best.pt no newer than last.pt.
+        ckpt.save_atomic(checkpoint, self.run_dir / ckpt.LAST)
+        self.saved_step = checkpoint["step"]
+        if best:
+            ckpt.save_atomic(checkpoint, self.run_dir / ckpt.BEST)
+
+    def _prepare_run_dir(self, resuming: bool) -> Path:
+        if self.config.out is not None:
+            run_dir = Path(self.config.out)
+        else:
+            run_dir = Path(self.group.from_main(
+                datetime.now().strftime("runs/charlm-%Y%m%d-%H%M%S")))
+        if self.group.is_main:
+            if resuming:
+                MetricsLog(run_dir / "metrics.jsonl").keep_until(self.progress["step"])
+                ckpt.remove_partial_writes(run_dir)
+            else:
+                existing = [n for n in (ckpt.BEST, ckpt.LAST, "metrics.jsonl") if (run_dir / n).exists()]
+                if existing:
+                    raise CharLMError(f"{str(run_dir)!r} already holds a run ({', '.join(existing)}): "
+                                      f"pass --resume to continue it, or another --out")
+                run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        return run_dir
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean validation loss, nats per character, over all held-out characters."""
+        self.model.eval()
+        ev = self.evals
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # [nll sum, characters]
+        if ev.inputs.size(0):
+            state, chunk = None, 4 * self.config.seq_len
+            for start in range(0, ev.inputs.size(1), chunk):
+                x, y = ev.inputs[:, start:start + chunk], ev.targets[:, start:start + chunk]
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    logits, state = self.model(x, state)
+                nll = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")  # [rows, chunk]
+                totals[0] += nll[:, ev.scored[start:start + chunk]].sum(dtype=torch.float64)
+            totals[1] = ev.chars
+        self.group.sum_(totals)
+        self.model.train()
+        return (totals[0] / totals[1]).item()
+
+    # -- training ---------------------------------------------------------------------------
+
+    def _horizon(self) -> int | None:
+        return self.config.max_steps if self.config.max_steps is not None else self.progress["planned_steps"]
+
+    def _budget_spent(self, step: int, elapsed: float | None = None) -> str | None:
+        """Why the run must stop before taking step `step` (0-based), or None; `elapsed`
+        (seconds) is checked when given."""
+        if self.config.max_steps is not None and step >= self.config.max_steps:
+            return "max_steps"
+        planned = self.progress["planned_steps"]
+        if self.config.minutes is not None and (planned is not None and step >= planned or
+                                                elapsed is not None and elapsed >= 60 * self.config.minutes):
+            return "time"
+        return None
+
+    def _train_step(self, step: int, votes: list[bool]) -> tuple[float, list[bool]]:
+        """One optimiser step -> (mean loss over all processes, for each of `votes`
+        whether any process voted yes)."""
+        x, y, restart = self.streams.batch(step)
+        if restart:
+            self.state = zero_state(self.model, x.size(0), self.device)
+        lr = learning_rate(self.config, step, self._horizon())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits, state = self.net(x, self.state)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        # One synchronisation per step: loss, gradient norm (the same on every process:
+        # DDP averaged the gradients) and votes, summed over processes.
+        shared = torch.tensor([0.0, 0.0, *map(float, votes)], device=self.device)
+        shared[0], shared[1] = loss.detach().float(), norm.float()
+        loss_sum, norm_sum, *vote_sums = self.group.sum_(shared).tolist()
+        loss_value, norm_value = loss_sum / self.group.world, norm_sum / self.group.world
+        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+            kept = (f"the last good checkpoint, {self.run_dir / ckpt.LAST} (step {self.saved_step}), "
+                    "is kept" if self.saved_step is not None else "no checkpoint had been written yet")
+            raise TrainingDiverged(
+                f"training diverged at step {step + 1}: loss {loss_value}, gradient norm {norm_value} "
+                f"(lr {lr:.3g}); stopped without saving this step: {kept}. Try a lower --lr"
+                + (" or --precision fp32" if self.bf16 else ""))
+        self.optimizer.step()
+        self.state = detach_state(state)
+        return loss_value, [v > 0 for v in vote_sums]
+
+    def run(self) -> TrainResult:
+        config, p, group = self.config, self.progress, self.group
+        chars_per_step = config.batch_size * config.seq_len
+        if self._budget_spent(p["step"], p["elapsed_s"]) is not None:
+            return self._result("already done")
+        p["session"] += 1
+        bar = self._progress_bar()
+        start = time.perf_counter()
+        elapsed0, session_step0 = p["elapsed_s"], p["step"]
+        interval_time, interval_chars = 0.0, 0
+        last_plot, val = time.perf_counter(), None
+        try:
+            with StopRequest() as stop:
+                while True:
+                    step_start = time.perf_counter()
+                    # Time is rank 0's clock, so that every process stops at the same step.
+                    time_up = (group.is_main and config.minutes is not None
+                               and elapsed0 + step_start - start >= 60 * config.minutes)
+                    loss, (stop_now, time_up) = self._train_step(p["step"], [stop.requested, time_up])
+                    p["step"] += 1
+                    p["loss_sum"] += loss
+                    p["loss_count"] += 1
+                    interval_time += time.perf_counter() - step_start
+                    interval_chars += chars_per_step
+                    p["elapsed_s"] = elapsed0 + time.perf_counter() - start
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss:.3f}", val="-" if val is None else f"{val:.3f}",
+                                        chars_s=f"{interval_chars / interval_time:.0f}", refresh=False)
+                    why = "time" if time_up else self._budget_spent(p["step"])
+                    saved = False
+                    if p["step"] % config.eval_interval == 0 or why is not None:
+                        val = self._evaluate_and_save(interval_time, interval_chars)
+                        interval_time, interval_chars, saved = 0.0, 0, True
+                        if p["planned_steps"] is None and config.max_steps is None:
+                            self._plan(session_step0, elapsed0, start)
+                            why = why or self._budget_spent(p["step"])
+                        if group.is_main and time.perf_counter() - last_plot > PLOT_EVERY_S:
+                            self._plot()
+                            last_plot = time.perf_counter()
+                    if stop_now:
+                        self._note(f"stopped at step {p['step']} on request; saved {self.run_dir / ckpt.LAST}")
+                        if not saved:
+                            self._save(best=False)
+                        return self._result("interrupted")
+                    if why is not None:
+                        return self._result(why)
+        finally:
+            if bar is not None:
+                bar.close()
+            if group.is_main and self.log.path.exists():
+                self._plot()
+
+    def _plan(self, session_step0: int, elapsed0: float, start: float) -> None:
+        """Fix a time-budgeted run's horizon (its number of steps) from the speed of the
+        steps so far, evaluations included, so the cosine ends at the budget. Decided by
+        rank 0 and saved with the run, so the schedule stays a function of the step."""
+        p = self.progress
+        per_step = (time.perf_counter() - start) / max(1, p["step"] - session_step0)
+        left = 60 * self.config.minutes - (elapsed0 + time.perf_counter() - start)
+        p["planned_steps"] = self.group.from_main(p["step"] + max(0, int(left / per_step)))
+        if self.show_progress and self._bar is not None:
+            self._bar.total = p["planned_steps"]
+            self._bar.refresh()
+
+    def _evaluate_and_save(self, interval_time: float, interval_chars: int) -> float:
+        p = self.progress
+        val = self.evaluate()
+        record = {
+            "step": p["step"],
+            "train_loss": p["loss_sum"] / p["loss_count"] if p["loss_count"] else None,
+            "val_loss": val,
+            "val_bpc": bits(val),
+            "chars_per_sec": interval_chars / interval_time if interval_time else None,
+            "elapsed_s": p["elapsed_s"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+        p["loss_sum"], p["loss_count"] = 0.0, 0
+        best = p["best_val_loss"] is None or val < p["best_val_loss"]
+        if best:
+            p["best_val_loss"], p["best_step"] = val, p["step"]
+        if self.group.is_main:
+            self.log.append(record)  # before the checkpoint: a resume drops lines after it
+            train = "-" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
+            self._note(f"step {p['step']}: train {train}, val {val:.4f} nats/char "
+                       f"({bits(val):.3f} bpc), {record['chars_per_sec'] or 0:,.0f} chars/s, "
+                       f"{p['elapsed_s']:.0f} s")
+        self._save(best)
+        return val
+
+    # -- output -----------------------------------------------------------------------------
+
+    def _progress_bar(self):
+        """A tqdm bar on a terminal (none in logs, which get the evaluation lines only)."""
+        if self.show_progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self._horizon(), initial=self.progress["step"], unit="step",
+                             dynamic_ncols=True, file=sys.stderr, disable=None)
+        return self._bar
+
+    def _note(self, message: str) -> None:
+        if self.show_progress:
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stderr)
+
+    def _plot(self) -> None:
+        name = self.corpus["name"]
+        plot(self.log.read(), self.run_dir / "loss.png",
+             title=f"{Path(name).name if self.config.text else name}, hidden "
+                   f"{'x'.join(map(str, self.config.hidden_sizes))}, {self.config.lstm_impl}")
+
+    def _result(self, stopped: str) -> TrainResult:
+        p = self.progress
+        return TrainResult(self.run_dir, p["step"], p["best_val_loss"], p["best_step"], stopped, self.model,
+                           self.group.is_main)
