@@ -6,6 +6,7 @@ projections are GEMMs and the gate math plus cell update is one fused op.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -78,7 +79,9 @@ class FusedLSTMCell(nn.Module):
                                      f"{value.dim()}D instead")
         is_batched = input.dim() == 2
         x = input if is_batched else input.unsqueeze(0)
-        if x.dtype != self.weight_ih.dtype:
+        # Under autocast everything runs in autocast's dtype.
+        autocast = torch.is_autocast_enabled(x.device.type)
+        if x.dtype != self.weight_ih.dtype and not (autocast and x.is_floating_point()):
             raise ValueError(f"LSTMCell input dtype ({x.dtype}) does not match weight dtype "
                              f"({self.weight_ih.dtype})")
         if x.size(1) != self.input_size:
@@ -100,15 +103,22 @@ class FusedLSTMCell(nn.Module):
                     raise RuntimeError(f"hidden{k} has inconsistent hidden_size: got "
                                        f"{value.size(1)}, expected {self.hidden_size}")
             check_same_device(x, self.weight_ih, (h, c))
-            check_hidden_dtype(x, (h, c))
+            if not autocast:
+                check_hidden_dtype(x, (h, c))
         check_same_device(x, self.weight_ih)
         backend = backends.resolve(self.backend, x.device)
-        if self.bias:
-            gates = torch.addmm(self.bias_ih + self.bias_hh, x, self.weight_ih.t())
-        else:
-            gates = x @ self.weight_ih.t()
-        gates = gates.addmm(h, self.weight_hh.t())
-        h_next, c_next = backend.cell(gates, c)
+        dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+        with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
+            h_next, c_next = self._step(backend, x.to(dtype), h.to(dtype), c.to(dtype), dtype)
         if not is_batched:
             return h_next.squeeze(0), c_next.squeeze(0)
         return h_next, c_next
+
+    def _step(self, backend, x: Tensor, h: Tensor, c: Tensor, dtype: torch.dtype):
+        """x [B, I], h, c [B, H] -> h', c', computed in `dtype`."""
+        w_ih, w_hh = self.weight_ih.to(dtype), self.weight_hh.to(dtype)
+        if self.bias:
+            gates = torch.addmm(self.bias_ih.to(dtype) + self.bias_hh.to(dtype), x, w_ih.t())
+        else:
+            gates = x @ w_ih.t()
+        return backend.cell(gates.addmm(h, w_hh.t()), c)

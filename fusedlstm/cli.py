@@ -1,6 +1,8 @@
 """The `fusedlstm` command line.
 
     fusedlstm info    versions, compiled kernels, usable backends, GPU
+    fusedlstm train   train the character-level language model on a text
+    fusedlstm sample  generate text from a trained model
 
 Each part of the package adds its own subcommands in build_parser().
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .charlm.cli import add_commands
+from .charlm import cli as charlm_cli
 
 
 def info(args: argparse.Namespace) -> int:
@@ -50,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="versions, compiled kernels and usable backends").set_defaults(run=info)
-    add_commands(commands)
+    charlm_cli.add_commands(commands)
     return parser
 
 

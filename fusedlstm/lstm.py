@@ -7,6 +7,7 @@ torch.nn.LSTM, so state_dicts move both ways; `backend` picks the kernels.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import warnings
@@ -171,9 +172,9 @@ class FusedLSTM(nn.Module):
 
     # --- forward -------------------------------------------------------------------------
 
-    def _check_input(self, input: Tensor, expected_dim: int) -> None:
+    def _check_input(self, input: Tensor, expected_dim: int, autocast: bool) -> None:
         weight = self.weight_ih_l0
-        if input.dtype != weight.dtype:
+        if input.dtype != weight.dtype and not (autocast and input.is_floating_point()):
             raise ValueError(f"RNN input dtype ({input.dtype}) does not match weight dtype "
                              f"({weight.dtype}). Convert input: input.to({weight.dtype}), or "
                              f"convert model: model.to({input.dtype})")
@@ -198,15 +199,18 @@ class FusedLSTM(nn.Module):
 
     def forward(self, input, hx: tuple[Tensor, Tensor] | None = None):
         packed = isinstance(input, PackedSequence)
+        data = input.data if packed else input
+        if not isinstance(data, Tensor):
+            raise TypeError(f"FusedLSTM: expected a Tensor or PackedSequence input, got "
+                            f"{type(input).__name__}")
+        # Under autocast everything runs in autocast's dtype (as nn.LSTM does on CUDA).
+        autocast = torch.is_autocast_enabled(data.device.type)
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            self._check_input(data, 2)
+            self._check_input(data, 2, autocast)
             batch = int(batch_sizes[0])
             x, is_batched = data, True
         else:
-            if not isinstance(input, Tensor):
-                raise TypeError(f"FusedLSTM: expected a Tensor or PackedSequence input, got "
-                                f"{type(input).__name__}")
             if input.dim() not in (2, 3):
                 raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
             is_batched = input.dim() == 3
@@ -214,7 +218,7 @@ class FusedLSTM(nn.Module):
             x = input if is_batched else input.unsqueeze(1)  # time-major [T, B, I]
             if is_batched and self.batch_first:
                 x = x.transpose(0, 1)
-            self._check_input(x, 3)
+            self._check_input(x, 3, autocast)
             if x.size(0) == 0:
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
             batch = x.size(1)
@@ -233,12 +237,16 @@ class FusedLSTM(nn.Module):
             hx = tuple(hx) if is_batched else (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
             self._check_hidden(hx, batch)
             check_same_device(x, self.weight_ih_l0, hx)
-            check_hidden_dtype(x, hx)
+            if not autocast:
+                check_hidden_dtype(x, hx)
             if sorted_indices is not None:
                 hx = tuple(h.index_select(1, sorted_indices) for h in hx)
         check_same_device(x, self.weight_ih_l0)
 
-        output, h_n, c_n = self._run_layers(x, hx, batch_sizes)
+        dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+        with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
+            output, h_n, c_n = self._run_layers(x.to(dtype), tuple(h.to(dtype) for h in hx),
+                                                batch_sizes, dtype)
 
         if packed:
             if unsorted_indices is not None:
@@ -250,8 +258,10 @@ class FusedLSTM(nn.Module):
             output = output.transpose(0, 1)
         return output, (h_n, c_n)
 
-    def _run_layers(self, x: Tensor, hx: tuple[Tensor, Tensor], batch_sizes: Tensor | None):
-        """x: time-major [T, B, I] or packed [N, I] -> output [.., D*P], h_n, c_n."""
+    def _run_layers(self, x: Tensor, hx: tuple[Tensor, Tensor], batch_sizes: Tensor | None,
+                    dtype: torch.dtype):
+        """x: time-major [T, B, I] or packed [N, I] -> output [.., D*P], h_n, c_n,
+        computed in `dtype` (the parameters are cast, differentiably, if they differ)."""
         backend = backends.resolve(self.backend, x.device)
         h0, c0 = hx
         lead = x.shape[:-1]
@@ -261,7 +271,7 @@ class FusedLSTM(nn.Module):
             outputs = []
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
-                weights = self.all_weights[index]
+                weights = [w.to(dtype) for w in self.all_weights[index]]
                 w_ih, w_hh = weights[0], weights[1]
                 w_hr = weights[-1] if self.proj_size else None
                 # Input projections of all steps in one GEMM, both biases folded in.

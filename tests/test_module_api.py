@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import fusedlstm
-from fusedlstm import FusedLSTM, backends
+from fusedlstm import FusedLSTM, FusedLSTMCell, backends
 
 CONFIGS = [
     dict(input_size=5, hidden_size=7),
@@ -116,3 +116,28 @@ def test_environment_overrides_auto(monkeypatch):
     monkeypatch.setenv("FUSEDLSTM_BACKEND", "nonsense")
     with pytest.raises(ValueError, match="backend must be one of"):
         FusedLSTM(3, 4)
+
+
+@pytest.mark.parametrize("module", ["lstm", "cell"])
+def test_autocast_runs_in_autocast_dtype(module):
+    """Under autocast the modules compute in autocast's dtype on cast copies of
+    the float32 parameters, which receive the gradients."""
+    torch.manual_seed(0)
+    if module == "lstm":
+        fused = FusedLSTM(6, 16, num_layers=2, backend="reference" if fusedlstm.ops.cpp is None else "cpu")
+        x = torch.randn(5, 3, 6)
+        plain = lambda m, inp: m(inp)[0]
+    else:
+        fused = FusedLSTMCell(6, 16, backend="reference" if fusedlstm.ops.cpp is None else "cpu")
+        x = torch.randn(3, 6)
+        plain = lambda m, inp: m(inp)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = plain(fused, x)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in fused.parameters())
+    # The same computation without autocast, on bf16 copies, gives the same result.
+    copy = (FusedLSTM if module == "lstm" else FusedLSTMCell)(6, 16, **(dict(num_layers=2) if module == "lstm" else {}),
+                                                            dtype=torch.bfloat16, backend=fused.backend)
+    copy.load_state_dict({k: v.bfloat16() for k, v in fused.state_dict().items()})
+    torch.testing.assert_close(plain(copy, x.bfloat16()), out.detach(), rtol=0, atol=0)

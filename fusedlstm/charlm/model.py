@@ -34,11 +34,11 @@ def layer_groups(hidden_sizes: tuple[int, ...]) -> list[tuple[int, int]]:
 def run_lstm(lstm: nn.Module, x: Tensor, state: tuple[Tensor, Tensor] | None):
     """lstm(x, state), in autocast's precision when autocast is on.
 
-    Autocast would turn the input projection GEMM into bf16 but leave the
-    recurrent weights float32, which the fused layer op rejects (and nn.LSTM
-    on CPU does not cast at all). So under autocast the whole LSTM runs in
-    the autocast dtype on bf16 copies of its parameters: the casts are
-    differentiable, the float32 parameters get the gradients.
+    FusedLSTM follows autocast by itself, but torch.nn.LSTM on the CPU does
+    not cast at all. So that both implementations compute in the same
+    precision, under autocast the whole LSTM runs in the autocast dtype on
+    copies of its parameters: the casts are differentiable, the float32
+    parameters get the gradients.
     """
     device_type = x.device.type
     if not torch.is_autocast_enabled(device_type):
