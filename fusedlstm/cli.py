@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="versions, compiled kernels and usable backends").set_defaults(run=info)
+    from .bench.cli import add_commands as add_bench_commands
+    add_bench_commands(commands)
     return parser
 
 
