@@ -14,16 +14,21 @@ that measuring it cannot disturb the times:
         reserve is not counted).
   CPU   the peak resident set size during the call (the kernel's VmHWM,
         reset to the current RSS through /proc/self/clear_refs first) minus
-        the RSS before it. Limits: it counts pages newly made resident, so
-        memory the allocator reuses from its free lists (after warm-up, say)
-        is not counted and the figure can be lower than what the call
-        allocates; page granularity; any other thread of the process counts
-        too. Where /proc/self/clear_refs cannot be written (not Linux, or
-        refused), the peak is not reported (None) rather than guessed.
+        the RSS before it. First glibc's malloc_trim(0) hands the heap's free
+        pages back to the system, so that what the call allocates shows as
+        newly resident pages instead of being served unseen from memory freed
+        by earlier calls (without it, most calls read 0 after warm-up).
+        Limits: page granularity; memory a library keeps in a cache of its
+        own is not seen; any other thread of the process counts too; without
+        glibc the trim is skipped and the figure can under-count. Where
+        /proc/self/clear_refs cannot be written (not Linux, or refused), the
+        peak is not reported (None) rather than guessed.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import re
 import time
@@ -34,8 +39,8 @@ import torch
 
 from .workloads import Workload
 
-CPU_MEMORY_METHOD = ("peak RSS (VmHWM after a reset through /proc/self/clear_refs) during one "
-                     "call minus RSS before it; counts newly resident pages only")
+CPU_MEMORY_METHOD = ("peak RSS during one call minus RSS before it (free heap pages trimmed and "
+                     "VmHWM reset first)")
 CUDA_MEMORY_METHOD = "torch.cuda.max_memory_allocated() during one call minus memory_allocated() before it"
 
 
@@ -128,6 +133,21 @@ def _status_bytes(name: str) -> int:
     return int(match.group(1)) * 1024
 
 
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def _trim_heap() -> None:
+    """glibc's malloc_trim(0): return every arena's free pages to the system."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def _reset_rss_peak() -> bool:
     """Set the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux 4.0+)."""
     try:
@@ -153,6 +173,7 @@ def peak_memory(workload: Workload, device: str) -> int | None:
         torch.cuda.synchronize()
         del result
         return max(0, torch.cuda.max_memory_allocated() - base)
+    _trim_heap()
     if not cpu_peak_supported():
         return None
     base = _status_bytes("VmRSS")
