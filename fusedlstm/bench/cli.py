@@ -35,14 +35,14 @@ def _names(allowed, what):
     return parse
 
 
-def _positive(kind):
+def _at_least(kind, minimum):
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or value < 0 or (kind is int and value == 0):
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__} >= {minimum}, got {text!r}")
         return value
     return parse
 
@@ -65,13 +65,13 @@ def add_commands(commands) -> None:
                             f"device except {', '.join(bench_cases.OPT_IN_BACKENDS)}); nn.LSTM always runs")
     bench.add_argument("--out", type=Path, default=Path(DEFAULT_OUT),
                        help=f"folder for results.json, table.md, ratios.png (default {DEFAULT_OUT})")
-    bench.add_argument("--budget", type=_positive(float), default=Budget.seconds,
+    bench.add_argument("--budget", type=_at_least(float, 0), default=Budget.seconds,
                        help="seconds of timed calls to aim for per case and provider "
                             f"(default {Budget.seconds}; at least {Budget.min_repeats}, at most "
                             f"{Budget.max_repeats} calls)")
-    bench.add_argument("--repeats", type=_positive(int), default=None,
+    bench.add_argument("--repeats", type=_at_least(int, 1), default=None,
                        help="exactly this many timed calls instead of --budget")
-    bench.add_argument("--warmup", type=int, default=Budget.warmup, help="untimed calls first")
+    bench.add_argument("--warmup", type=_at_least(int, 0), default=Budget.warmup, help="untimed calls first")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     bench.add_argument("--list", action="store_true", help="describe the shapes and exit")
     bench.set_defaults(run=run_bench)
@@ -109,8 +109,6 @@ def run_bench(args: argparse.Namespace) -> int:
 
     from . import environment, report, runner, timing
 
-    if args.warmup < 0:
-        sys.exit("fusedlstm bench: --warmup must be 0 or more")
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("fusedlstm bench: --device cuda, but no CUDA GPU is visible here "
                  f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'})")
@@ -165,12 +163,5 @@ def run_table(args: argparse.Namespace) -> int:
         if not file.is_file():
             sys.exit(f"fusedlstm bench-table: no results file at {file}")
         payloads.append(report.load(file))
-    if len(payloads) == 1:
-        print(report.document(payloads[0], short=args.short))
-        return 0
-    merged = {**payloads[0], "results": [r for p in payloads for r in p["results"]],
-              "complete": all(p.get("complete", True) for p in payloads)}
-    merged["settings"] = {**payloads[0]["settings"],
-                          "dtypes": list(dict.fromkeys(d for p in payloads for d in p["settings"]["dtypes"]))}
-    print(report.document(merged, short=args.short))
+    print(report.document(report.merge(payloads), short=args.short))
     return 0

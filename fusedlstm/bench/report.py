@@ -135,13 +135,15 @@ def notes(records: list[dict]) -> str:
 
 
 def heading(metadata: dict, settings: dict) -> str:
+    commands = metadata.get("command") or "unknown"
     return (f"fusedlstm bench on {metadata['device']} ({', '.join(settings['dtypes'])}): "
             f"{machine_line(metadata)}; commit {metadata.get('commit') or 'unknown'}; "
             f"{metadata['date']}.\n\n"
-            f"Median ms per call (after {settings['warmup']} untimed warm-up "
-            f"call{'s' * (settings['warmup'] != 1)}); "
-            f"`X / {BASELINE}` = X's time over {BASELINE}'s in the same run (below 1: faster); "
-            f"MiB = peak memory growth during one call ({settings['memory_method']}).")
+            f"Command: `{commands}`.\n\n"
+            f"Median ms per timed call (untimed warm-up calls first; each call's time is in "
+            f"results.json); `X / {BASELINE}` = X's time over {BASELINE}'s in the same run "
+            f"(below 1: faster); MiB = peak memory growth during one call "
+            f"({settings['memory_method']}).")
 
 
 def document(payload: dict, short: bool = False) -> str:
@@ -151,6 +153,23 @@ def document(payload: dict, short: bool = False) -> str:
     if not payload.get("complete", True):
         parts.insert(1, "**Incomplete run**: the table holds the cases finished so far.")
     return "\n\n".join(parts) + "\n"
+
+
+def merge(payloads: list[dict]) -> dict:
+    """Several runs' payloads as one (the heading's machine and date are the
+    first's; the commands are all listed)."""
+    if len(payloads) == 1:
+        return payloads[0]
+    first = payloads[0]
+    return {
+        **first,
+        "metadata": {**first["metadata"],
+                     "command": "`; `".join(str(p["metadata"].get("command")) for p in payloads)},
+        "settings": {**first["settings"],
+                     "dtypes": list(dict.fromkeys(d for p in payloads for d in p["settings"]["dtypes"]))},
+        "complete": all(p.get("complete", True) for p in payloads),
+        "results": [r for p in payloads for r in p["results"]],
+    }
 
 
 def _write_atomic(path: Path, text: str) -> None:
