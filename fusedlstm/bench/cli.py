@@ -72,6 +72,8 @@ def add_commands(commands) -> None:
     bench.add_argument("--repeats", type=_at_least(int, 1), default=None,
                        help="exactly this many timed calls instead of --budget")
     bench.add_argument("--warmup", type=_at_least(int, 0), default=Budget.warmup, help="untimed calls first")
+    bench.add_argument("--threads", type=_at_least(int, 1), default=None,
+                       help="CPU threads for torch and the CPU kernels (default: torch's own choice)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     bench.add_argument("--list", action="store_true", help="describe the shapes and exit")
     bench.set_defaults(run=run_bench)
@@ -99,6 +101,8 @@ def _command_line(args: argparse.Namespace) -> str:
         parts.append(f"--backends {','.join(args.backends)}")
     parts.append(f"--repeats {args.repeats}" if args.repeats else f"--budget {args.budget}")
     parts.append(f"--warmup {args.warmup}")
+    if args.threads:
+        parts.append(f"--threads {args.threads}")
     return " ".join(parts)
 
 
@@ -118,6 +122,8 @@ def run_bench(args: argparse.Namespace) -> int:
     except ImportError as exc:
         sys.exit(f"fusedlstm bench needs matplotlib and tqdm ({exc}); pip install matplotlib tqdm")
 
+    if args.threads:
+        torch.set_num_threads(args.threads)  # also the extension's OpenMP: one shared runtime
     budget = (Budget.fixed(args.repeats, args.warmup) if args.repeats
               else Budget(warmup=args.warmup, seconds=args.budget))
     selected = bench_cases.select(args.device, args.dtype, args.shapes, args.modes)
