@@ -219,10 +219,17 @@ def run_cli(*argv):
     return cli.main(["bench", *argv])
 
 
-def test_cli_runs_the_tiny_cases_end_to_end(tmp_path, capsys):
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cli_runs_the_tiny_cases_end_to_end(tmp_path, capsys, restore_threads):
     out = tmp_path / "run"
     status = run_cli("--shapes", ",".join(TINY), "--repeats", "2", "--warmup", "1", "--out", str(out),
-                     "--no-progress")
+                     "--threads", "1", "--no-progress")
     assert status == 0
     printed = capsys.readouterr().out
     payload = json.loads((out / "results.json").read_text())
@@ -230,7 +237,8 @@ def test_cli_runs_the_tiny_cases_end_to_end(tmp_path, capsys):
     meta = payload["metadata"]
     for key in ("date", "commit", "torch", "cpu", "cpu_cores", "torch_threads", "fusedlstm_build"):
         assert key in meta
-    assert meta["device"] == "cpu" and meta["torch"] == torch.__version__
+    assert meta["device"] == "cpu" and meta["torch"] == torch.__version__ and meta["torch_threads"] == 1
+    assert meta["command"].endswith("--repeats 2 --warmup 1 --threads 1")
     providers = cases.providers("cpu")
     assert payload["settings"]["providers"] == providers
     expected_rows = [(c.shape.name, c.mode) for c in cases.select("cpu", shapes=list(TINY))]
@@ -260,8 +268,9 @@ def test_bench_table_merges_saved_runs(tmp_path, capsys):
         (tmp_path / dtype / "results.json").write_text(json.dumps(
             {"metadata": meta, "settings": {**settings, "dtypes": [dtype]}, "results": records}))
     assert cli.main(["bench-table", str(tmp_path / "float32"), str(tmp_path / "bfloat16" / "results.json"),
-                     "--short"]) == 0
+                     "--short", "--plot", str(tmp_path / "both.png")]) == 0
     printed = capsys.readouterr().out
+    assert (tmp_path / "both.png").read_bytes().startswith(b"\x89PNG")
     assert "(float32, bfloat16)" in printed
     assert "| char | forward | float32 | 8.00 | 0.50 |" in printed
     assert "| char | forward | bfloat16 | 8.00 | 0.50 |" in printed

@@ -8,9 +8,9 @@ the markdown table, and writes DIR/results.json (raw timings and metadata,
 rewritten after every case, so an interrupted run keeps what it measured),
 DIR/table.md and DIR/ratios.png. Exit status 1 when a provider raised.
 
-    fusedlstm bench-table DIR/results.json [...] [--short]
+    fusedlstm bench-table DIR/results.json [...] [--short] [--plot FILE.png]
 
-prints the table of saved results, several files as one table.
+prints the table of saved results, several files as one table (and plots it).
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ def add_commands(commands) -> None:
     show.add_argument("results", nargs="+", type=Path,
                       help="results.json files (or their folders); the heading is the first one's")
     show.add_argument("--short", action="store_true", help="nn.LSTM's time and the ratios only")
+    show.add_argument("--plot", type=Path, default=None, help="also draw the ratios into this PNG")
     show.set_defaults(run=run_table)
 
 
@@ -169,5 +170,8 @@ def run_table(args: argparse.Namespace) -> int:
         if not file.is_file():
             sys.exit(f"fusedlstm bench-table: no results file at {file}")
         payloads.append(report.load(file))
-    print(report.document(report.merge(payloads), short=args.short))
+    payload = report.merge(payloads)
+    print(report.document(payload, short=args.short))
+    if args.plot:
+        report.plot(payload, args.plot)
     return 0

@@ -102,7 +102,8 @@ def machine_line(info: dict) -> str:
             what += " (TF32 allowed)"
         what += f", CUDA {info['torch_cuda']}"
     else:
-        what = f"{info['cpu']}, {info['cpu_cores']} cores, {info['torch_threads']} torch threads"
+        threads = info["torch_threads"]
+        what = f"{info['cpu']}, {info['cpu_cores']} cores, {threads} torch thread{'s' * (threads != 1)}"
         if info.get("onednn"):
             what += f", oneDNN {info['onednn']}"
     return f"{what}; torch {info['torch']}"
