@@ -239,6 +239,8 @@ def test_cli_runs_the_tiny_cases_end_to_end(tmp_path, capsys, restore_threads):
         assert key in meta
     assert meta["device"] == "cpu" and meta["torch"] == torch.__version__ and meta["torch_threads"] == 1
     assert meta["command"].endswith("--repeats 2 --warmup 1 --threads 1")
+    if torch.backends.mkldnn.is_available():
+        assert meta["onednn"]  # nn.LSTM's CPU library: its version belongs to the figures
     providers = cases.providers("cpu")
     assert payload["settings"]["providers"] == providers
     expected_rows = [(c.shape.name, c.mode) for c in cases.select("cpu", shapes=list(TINY))]

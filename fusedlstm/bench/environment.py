@@ -53,7 +53,8 @@ def _version(package: str) -> str | None:
 
 
 def onednn_version() -> str | None:
-    match = re.search(r"oneDNN v([\d.]+)", torch.__config__.show())
+    # torch.__config__.show() names it "oneDNN" or, in some builds, "MKL-DNN".
+    match = re.search(r"(?:oneDNN|MKL-DNN) v([\d.]+)", torch.__config__.show())
     return match.group(1) if match else None
 
 

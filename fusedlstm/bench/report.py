@@ -8,6 +8,7 @@ provider the peak memory growth of one call (MiB).
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from .cases import BASELINE, SHAPES
 from .environment import machine_line
 
 FLAG = "†"
+_SHORT_MODES = {"forward": "fwd", "backward": "bwd", "forward+backward": "fwd+bwd"}
 
 
 def _rows(records: list[dict]) -> tuple[list[tuple], list[str], dict]:
@@ -193,12 +195,13 @@ def plot(payload: dict, path: Path) -> None:
     """Grouped bars: per row of the table, each backend's time over nn.LSTM's
     (log scale; 1 = nn.LSTM's time in the same run)."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+    from matplotlib.ticker import NullLocator
 
     records = payload["results"]
     rows, providers, by_row = _rows(records)
     backends = [p for p in providers if p != BASELINE]
     multi_dtype = len({key[2] for key in rows}) > 1
-    labels = [f"{s}\n{m}" + (f"\n{d}" if multi_dtype else "") for s, m, d in rows]
+    labels = [f"{s}\n{_SHORT_MODES.get(m, m)}" + (f"\n{d}" if multi_dtype else "") for s, m, d in rows]
     values = {b: [ratio(by_row[key].get(b), by_row[key].get(BASELINE)) for key in rows] for b in backends}
 
     fig = Figure(figsize=(max(8.0, 0.6 * len(rows) * max(1, len(backends)) + 2), 5.5),
@@ -215,8 +218,14 @@ def plot(payload: dict, path: Path) -> None:
             plotted = True
     ax.axhline(1.0, color="black", linewidth=1, label=f"{BASELINE} (same run)")
     if plotted:
+        # Log scale, ticks at powers of two written plainly (0.25, 0.5, 1, 2, ...).
+        shown = [v for b in backends for v in values[b] if v] + [1.0]
+        low, high = math.floor(math.log2(min(shown))), math.ceil(math.log2(max(shown)))
         ax.set_yscale("log")
-        ax.margins(y=0.25)
+        ax.set_ylim(2.0 ** low / 1.2, 2.0 ** high * 1.6)
+        ax.set_yticks([2.0 ** k for k in range(low, high + 1)],
+                      [f"{2.0 ** k:g}" for k in range(low, high + 1)])
+        ax.yaxis.set_minor_locator(NullLocator())
     else:
         ax.text(0.5, 0.5, "no backend ratio to plot", ha="center", va="center", transform=ax.transAxes)
     ax.set_xticks(range(len(rows)), labels, fontsize=8)
