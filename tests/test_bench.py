@@ -280,6 +280,17 @@ def test_bench_table_merges_saved_runs(tmp_path, capsys):
         cli.main(["bench-table", str(tmp_path / "missing")])
 
 
+def test_merge_keeps_every_runs_metadata():
+    runs = [{"metadata": {"command": f"run {k}", "device": "cpu"}, "settings": {"dtypes": [d]},
+             "results": [_record("char", BASELINE, 1.0)]} for k, d in enumerate(("float32", "bfloat16"))]
+    merged = report.merge(runs)
+    assert merged["merged_metadata"] == [runs[0]["metadata"], runs[1]["metadata"]]
+    assert merged["metadata"]["command"] == "run 0`; `run 1"
+    assert merged["settings"]["dtypes"] == ["float32", "bfloat16"]
+    assert len(merged["results"]) == 2
+    assert report.merge([merged, runs[0]])["merged_metadata"] == [*merged["merged_metadata"], runs[0]["metadata"]]
+
+
 def test_cli_refuses_unknown_names(capsys):
     for option, value in (("--shapes", "tiny,nope"), ("--dtype", "float8"), ("--backends", "nope"),
                           ("--modes", "sideways")):

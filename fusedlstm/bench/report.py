@@ -159,7 +159,8 @@ def document(payload: dict, short: bool = False) -> str:
 
 def merge(payloads: list[dict]) -> dict:
     """Several runs' payloads as one (the heading's machine and date are the
-    first's; the commands are all listed)."""
+    first's; the commands are all listed; every run's metadata is kept under
+    "merged_metadata")."""
     if len(payloads) == 1:
         return payloads[0]
     first = payloads[0]
@@ -169,6 +170,7 @@ def merge(payloads: list[dict]) -> dict:
                      "command": "`; `".join(str(p["metadata"].get("command")) for p in payloads)},
         "settings": {**first["settings"],
                      "dtypes": list(dict.fromkeys(d for p in payloads for d in p["settings"]["dtypes"]))},
+        "merged_metadata": [m for p in payloads for m in p.get("merged_metadata", [p["metadata"]])],
         "complete": all(p.get("complete", True) for p in payloads),
         "results": [r for p in payloads for r in p["results"]],
     }
