@@ -260,6 +260,27 @@ def test_cli_runs_the_tiny_cases_end_to_end(tmp_path, capsys, restore_threads):
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
 
 
+def test_an_interrupted_run_reports_what_it_finished(tmp_path, capsys, monkeypatch):
+    from fusedlstm.bench import runner
+
+    real_run_case = runner.run_case
+
+    def interrupted_after_first_case(case, providers, budget):
+        if case.shape.name != "tiny" or case.mode != "forward":
+            raise KeyboardInterrupt
+        yield from real_run_case(case, providers, budget)
+
+    monkeypatch.setattr(runner, "run_case", interrupted_after_first_case)
+    out = tmp_path / "run"
+    assert run_cli("--shapes", "tiny", "--repeats", "1", "--warmup", "0", "--out", str(out),
+                   "--no-progress") == 130
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["complete"] is False
+    assert {r["mode"] for r in payload["results"]} == {"forward"}
+    assert "**Incomplete run**" in capsys.readouterr().out
+    assert (out / "ratios.png").is_file()
+
+
 def test_bench_table_merges_saved_runs(tmp_path, capsys):
     meta = {"device": "cpu", "cpu": "test CPU", "cpu_cores": 2, "torch_threads": 2, "torch": "x",
             "date": "today", "commit": "abc"}

@@ -6,7 +6,8 @@
 times nn.LSTM and each usable fusedlstm backend on the chosen cases, prints
 the markdown table, and writes DIR/results.json (raw timings and metadata,
 rewritten after every case, so an interrupted run keeps what it measured),
-DIR/table.md and DIR/ratios.png. Exit status 1 when a provider raised.
+DIR/table.md and DIR/ratios.png. Exit status 1 when a provider raised, 130
+when interrupted (SIGINT: the cases finished so far are still reported).
 
     fusedlstm bench-table DIR/results.json [...] [--short] [--plot FILE.png]
 
@@ -141,15 +142,18 @@ def run_bench(args: argparse.Namespace) -> int:
     }
     out_dir: Path = args.out
     report.write_results(out_dir, payload)
-    with tqdm(total=len(selected) * len(providers), file=sys.stderr, disable=args.no_progress,
-              unit="run", dynamic_ncols=True) as bar:
-        for case in selected:
-            bar.set_description(case.id)
-            for record in runner.run_case(case, providers, budget):
-                payload["results"].append(record)
-                bar.update()
-            report.write_results(out_dir, payload)
-    payload["complete"] = True
+    try:
+        with tqdm(total=len(selected) * len(providers), file=sys.stderr, disable=args.no_progress,
+                  unit="run", dynamic_ncols=True) as bar:
+            for case in selected:
+                bar.set_description(case.id)
+                for record in runner.run_case(case, providers, budget):
+                    payload["results"].append(record)
+                    bar.update()
+                report.write_results(out_dir, payload)
+        payload["complete"] = True
+    except KeyboardInterrupt:  # Ctrl-C or a timeout's SIGINT: report what was measured
+        print("fusedlstm bench: interrupted; reporting the cases finished so far", file=sys.stderr)
     report.write_results(out_dir, payload)
     report.plot(payload, out_dir / "ratios.png")
     print(report.document(payload))
@@ -158,6 +162,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if errors:
         print(f"fusedlstm bench: {len(errors)} run(s) raised an error (see the Errors list above)",
               file=sys.stderr)
+    if not payload["complete"]:
+        return 130
     return 1 if errors else 0
 
 
