@@ -209,6 +209,7 @@ def test_table_ratios_flags_skips_and_errors():
     assert lines[2] == "| char | forward | float32 | 10.0 | 5.00 | 30.0 | 0.50 | 3.00† | 1.0 | 1.0 | 1.0 |"
     assert lines[3] == "| blog | forward | float32 | 4.00 | error | skip | error | skip | 1.0 | - | - |"
     assert report.table(records, short=True).splitlines()[2] == "| char | forward | float32 | 10.0 | 0.50 | 3.00† |"
+    assert [report.format_ratio(v) for v in (12.345, 0.5, 0.0123)] == ["12.35", "0.50", "0.012"]
     text = report.notes(records)
     assert "- x on char-forward-float32-cpu: 1.00e-02 > 1e-04" in text
     assert "- x (1 case): no GPU" in text

@@ -71,7 +71,11 @@ def _ratio_cell(record: dict | None, baseline: dict | None) -> str:
     value = ratio(record, baseline)
     if value is None:
         return _time_cell(record) if record and record["status"] != "ok" else "-"
-    return f"{value:.2f}" + (FLAG if flagged(record) else "")
+    return format_ratio(value) + (FLAG if flagged(record) else "")
+
+
+def format_ratio(value: float) -> str:
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.2g}"
 
 
 def _memory_cell(record: dict | None) -> str:
@@ -216,7 +220,7 @@ def plot(payload: dict, path: Path) -> None:
         ys = [v for v in values[backend] if v]
         if ys:
             bars = ax.bar(xs, ys, width, label=backend)
-            ax.bar_label(bars, labels=[f"{v:.2f}" for v in ys], fontsize=7, rotation=90, padding=2)
+            ax.bar_label(bars, labels=[format_ratio(v) for v in ys], fontsize=7, rotation=90, padding=2)
             plotted = True
     ax.axhline(1.0, color="black", linewidth=1, label=f"{BASELINE} (same run)")
     if plotted:
