@@ -21,20 +21,22 @@
 # and makes the exit status 1.
 #
 # Time budget, under 8 minutes in all; each phase has its own timeout, and
-# their sum (470 s, plus a few seconds for the final table) is the worst case:
-#   environment report        ~10 s     (timeout 30 s)
-#   build, sm_90, 16 jobs     ~60-150 s (timeout 180 s)
-#   fusedlstm info            ~5 s      (timeout 20 s)
-#   tests, 8 workers          ~40-90 s  (timeout 120 s)
-#   bench float32             ~30-50 s  (timeout 60 s; results are saved after every case)
-#   bench bfloat16            ~30-50 s  (timeout 60 s)
+# their sum with the 5 s grace of each (465 s), plus a few seconds for the
+# final table, is the worst case:
+#   environment report        ~10 s     (timeout 25 s)
+#   build, sm_90, 16 jobs     ~60-150 s (timeout 170 s)
+#   fusedlstm info            ~5 s      (timeout 15 s)
+#   tests, 8 workers          ~40-90 s  (timeout 115 s)
+#   bench float32             ~30-50 s  (timeout 55 s; results are saved after every case)
+#   bench bfloat16            ~30-50 s  (timeout 55 s)
 # A timeout sends SIGINT first, so that pytest still writes its summary and
-# junit.xml and the bench keeps the cases it finished; SIGKILL 10 s later.
+# junit.xml and the bench reports the cases it finished; SIGKILL 5 s later.
 # The bench phases aim at 0.2 s of timed calls per case and provider (at
 # least 5 calls after 3 warm-up calls): 19 cases, nn.LSTM plus each usable
-# backend. The estimates are not yet seen on the H200 (on the 2-core CPU
-# machine, without a GPU, the CPU-only build took 75 s and the test suite
-# about 125 s serially): the log prints each phase's duration, to correct them.
+# backend. The estimates are not yet seen on the H200 (on the busy 2-core CPU
+# machine, without a GPU, the build without .cu files took 70-75 s and the
+# serial test suite 3 to 5 minutes): the log prints each phase's duration, to
+# correct them.
 
 set -u -o pipefail
 
@@ -53,7 +55,7 @@ phase() {  # phase NAME TIMEOUT_S COMMAND...: run it with a timeout, time it, re
   echo "=== $name (timeout ${limit}s) === $(date -u +%H:%M:%S)"
   start=$(date +%s)
   # A child bash, so that COMMAND may be one of the functions exported below.
-  timeout -s INT -k 10 "$limit" bash -c '"$@"' phase "$@"
+  timeout -s INT -k 5 "$limit" bash -c '"$@"' phase "$@"
   status=$?
   if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
     echo "=== $name: TIMED OUT after ${limit}s"
@@ -119,12 +121,12 @@ main() {
   echo "fusedlstm device check: $(date -u +%Y-%m-%dT%H:%M:%SZ), results in $RESULTS"
   echo "commit: ${FUSEDLSTM_COMMIT:-$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo 'unknown (set FUSEDLSTM_COMMIT)')}"
 
-  phase "environment" 30 environment
-  phase "build" 180 build
-  phase "fusedlstm info" 20 "$PYTHON" -m fusedlstm info
-  phase "tests" 120 tests
-  phase "bench float32" 60 bench float32 fp32
-  phase "bench bfloat16" 60 bench bfloat16 bf16
+  phase "environment" 25 environment
+  phase "build" 170 build
+  phase "fusedlstm info" 15 "$PYTHON" -m fusedlstm info
+  phase "tests" 115 tests
+  phase "bench float32" 55 bench float32 fp32
+  phase "bench bfloat16" 55 bench bfloat16 bf16
 
   echo
   if [ "${#FAILED[@]}" -eq 0 ]; then
