@@ -3,6 +3,7 @@
     fusedlstm info    versions, compiled kernels, usable backends, GPU
     fusedlstm train   train the character-level language model on a text
     fusedlstm sample  generate text from a trained model
+    fusedlstm bench   time nn.LSTM and every usable backend on the same cases
 
 Each part of the package adds its own subcommands in build_parser().
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .bench import cli as bench_cli
 from .charlm import cli as charlm_cli
 
 
@@ -53,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="versions, compiled kernels and usable backends").set_defaults(run=info)
     charlm_cli.add_commands(commands)
+    bench_cli.add_commands(commands)
     return parser
 
 

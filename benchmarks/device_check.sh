@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# The one prepared check for the GPU machine (one H200; torch 2.11+cu130,
+# Python 3.12, no network): build the CUDA kernels for sm_90, run the whole
+# test suite (CUDA tests included), benchmark fp32 and bf16 with
+# `fusedlstm bench --device cuda`, and print the combined short table last.
+#
+#   [FUSEDLSTM_COMMIT=<hash>] bash benchmarks/device_check.sh [RESULTS_DIR]
+#
+# Run from anywhere; it works in the repository that holds it. RESULTS_DIR:
+# default $OUT when set, else ./device-results. FUSEDLSTM_COMMIT names the
+# commit in results.json where the copied tree has no .git.
+#
+# Written to RESULTS_DIR (8 files, the most the device tool brings back):
+#   log.txt                                  everything printed, every phase
+#   junit.xml                                the test suite's results
+#   fp32/{results.json,table.md,ratios.png}  `fusedlstm bench --dtype float32`
+#   bf16/{results.json,table.md,ratios.png}  `fusedlstm bench --dtype bfloat16`
+#
+# A failing phase does not stop the later ones (a broken build still leaves
+# nn.LSTM's figures and the test failures to read); it is named in the summary
+# and makes the exit status 1.
+#
+# Time budget, under 8 minutes in all; each phase has its own timeout, and
+# their sum with the 5 s grace of each (465 s), plus a few seconds for the
+# final table, is the worst case:
+#   environment report        ~10 s     (timeout 25 s)
+#   build, sm_90, 16 jobs     ~60-150 s (timeout 170 s)
+#   fusedlstm info            ~5 s      (timeout 15 s)
+#   tests, 8 workers          ~40-90 s  (timeout 115 s)
+#   bench float32             ~30-50 s  (timeout 55 s; results are saved after every case)
+#   bench bfloat16            ~30-50 s  (timeout 55 s)
+# A timeout sends SIGINT first, so that pytest still writes its summary and
+# junit.xml and the bench reports the cases it finished; SIGKILL 5 s later.
+# The bench phases aim at 0.2 s of timed calls per case and provider (at
+# least 5 calls after 3 warm-up calls): 19 cases, nn.LSTM plus each usable
+# backend. The estimates are not yet seen on the H200 (on the busy 2-core CPU
+# machine, without a GPU, the build without .cu files took 70-75 s and the
+# serial test suite 3 to 5 minutes): the log prints each phase's duration, to
+# correct them.
+
+set -u -o pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RESULTS=$(mkdir -p "${1:-${OUT:-./device-results}}" && cd "${1:-${OUT:-./device-results}}" && pwd)
+PYTHON=${PYTHON:-python3}
+BENCH_BUDGET=${BENCH_BUDGET:-0.2}
+export PYTHONUNBUFFERED=1
+
+FAILED=()
+
+phase() {  # phase NAME TIMEOUT_S COMMAND...: run it with a timeout, time it, record a failure
+  local name=$1 limit=$2 start status
+  shift 2
+  echo
+  echo "=== $name (timeout ${limit}s) === $(date -u +%H:%M:%S)"
+  start=$(date +%s)
+  # A child bash, so that COMMAND may be one of the functions exported below.
+  timeout -s INT -k 5 "$limit" bash -c '"$@"' phase "$@"
+  status=$?
+  if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+    echo "=== $name: TIMED OUT after ${limit}s"
+  fi
+  echo "=== $name: exit $status after $(( $(date +%s) - start ))s"
+  if [ "$status" -ne 0 ]; then
+    FAILED+=("$name (exit $status)")
+  fi
+  return "$status"
+}
+
+environment() {
+  nvidia-smi
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv
+  echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-) x $(nproc)"
+  "$PYTHON" - <<'EOF'
+import sys, torch
+print("python", sys.version.split()[0], sys.executable)
+print("torch", torch.__version__, "CUDA", torch.version.cuda, "cuDNN", torch.backends.cudnn.version())
+print("GPU", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible")
+try:
+    import triton
+    print("triton", triton.__version__)
+except ImportError as exc:
+    print("triton: not importable:", exc)
+import setuptools
+print("setuptools", setuptools.__version__)
+EOF
+}
+
+build() {
+  # Editable install, no dependency resolution (no network there). Older
+  # setuptools (< 64) cannot do PEP 660 editable installs: then build the
+  # extension in place and import fusedlstm from the tree.
+  export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 FUSEDLSTM_CUDA=1
+  if "$PYTHON" -m pip install --no-build-isolation --no-deps --no-index -e "$ROOT"; then
+    return 0
+  fi
+  echo "--- editable install refused; falling back to: setup.py build_ext --inplace"
+  (cd "$ROOT" && "$PYTHON" setup.py build_ext --inplace)
+}
+
+tests() {
+  local extra=()
+  if "$PYTHON" -c "import xdist" 2>/dev/null; then extra+=(-n 8); fi
+  if "$PYTHON" -c "import pytest_timeout" 2>/dev/null; then extra+=(--timeout 100); fi
+  "$PYTHON" -m pytest tests -q -rfEs -p no:cacheprovider --junitxml="$RESULTS/junit.xml" "${extra[@]}"
+}
+
+bench() {  # bench DTYPE DIR
+  "$PYTHON" -m fusedlstm bench --device cuda --dtype "$1" --out "$RESULTS/$2" \
+    --budget "$BENCH_BUDGET" --warmup 3 --no-progress
+}
+
+export -f environment build tests bench
+export ROOT RESULTS PYTHON BENCH_BUDGET
+
+main() {
+  cd "$ROOT" || exit 1
+  # The tree itself first on the path: with the in-place fallback, that is
+  # where fusedlstm is.
+  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+  echo "fusedlstm device check: $(date -u +%Y-%m-%dT%H:%M:%SZ), results in $RESULTS"
+  echo "commit: ${FUSEDLSTM_COMMIT:-$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo 'unknown (set FUSEDLSTM_COMMIT)')}"
+
+  phase "environment" 25 environment
+  phase "build" 170 build
+  phase "fusedlstm info" 15 "$PYTHON" -m fusedlstm info
+  phase "tests" 115 tests
+  phase "bench float32" 55 bench float32 fp32
+  phase "bench bfloat16" 55 bench bfloat16 bf16
+
+  echo
+  if [ "${#FAILED[@]}" -eq 0 ]; then
+    echo "=== all phases passed"
+  else
+    echo "=== FAILED phases: ${FAILED[*]}"
+  fi
+  local saved=()
+  for dir in fp32 bf16; do
+    if [ -f "$RESULTS/$dir/results.json" ]; then saved+=("$RESULTS/$dir/results.json"); fi
+  done
+  echo
+  if [ "${#saved[@]}" -gt 0 ]; then
+    "$PYTHON" -m fusedlstm bench-table --short "${saved[@]}" || FAILED+=("bench-table")
+  else
+    echo "no benchmark results were saved"
+  fi
+  [ "${#FAILED[@]}" -eq 0 ]
+}
+
+main 2>&1 | tee "$RESULTS/log.txt"
+exit "${PIPESTATUS[0]}"
