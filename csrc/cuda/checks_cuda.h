@@ -25,18 +25,19 @@ inline void check_hidden_size_fits(int64_t H) {
 }
 
 // The data of a tensor handed to a kernel as a raw pointer: the kernels
-// assume a dense row-major CUDA tensor of scalar_t.
+// index it as a dense row-major array of T (data_ptr checks T). The device
+// is checked once per op, on entry.
 template <typename T>
 const T* kernel_input(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.is_cuda() && x.is_contiguous(), "fusedlstm: kernel argument ", name,
-              " must be a contiguous CUDA tensor, got strides ", x.strides(), " on ", x.device());
+  TORCH_CHECK(x.is_contiguous(), "fusedlstm: kernel argument ", name, " must be contiguous, "
+              "got sizes ", x.sizes(), " and strides ", x.strides());
   return x.const_data_ptr<T>();
 }
 
 template <typename T>
 T* kernel_output(at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.is_cuda() && x.is_contiguous(), "fusedlstm: kernel argument ", name,
-              " must be a contiguous CUDA tensor, got strides ", x.strides(), " on ", x.device());
+  TORCH_CHECK(x.is_contiguous(), "fusedlstm: kernel argument ", name, " must be contiguous, "
+              "got sizes ", x.sizes(), " and strides ", x.strides());
   return x.mutable_data_ptr<T>();
 }
 

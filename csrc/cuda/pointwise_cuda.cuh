@@ -8,7 +8,8 @@
 // floats, 2 doubles, 8 halves or bfloat16s). VEC = 1 is the fallback when H
 // is not a multiple of that width or a pointer is not 16-byte aligned.
 // Half and bfloat16 data is computed in float (at::opmath_type), as cuDNN
-// does for those types.
+// does for those types. The per-unit functions are __host__ __device__ so
+// that a CPU test can run them (tests/cpp/test_layer_cuda_on_host.cu).
 //
 // Grid: x runs over the H / VEC unit groups of a row, y over the rows (with
 // a grid-stride loop, since gridDim.y is capped at 65535). Row offsets are
@@ -37,13 +38,16 @@ struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
 
+// Read and written through a cast pointer, the idiom of ATen's vectorised
+// loads, which nvcc turns into one 128-bit access (a memcpy becomes byte
+// accesses there).
 template <int N, typename T>
-__device__ __forceinline__ Pack<T, N> load_pack(const T* p) {
+FUSEDLSTM_HOST_DEVICE Pack<T, N> load_pack(const T* p) {
   return *reinterpret_cast<const Pack<T, N>*>(p);
 }
 
 template <int N, typename T>
-__device__ __forceinline__ void store_pack(T* p, const Pack<T, N>& x) {
+FUSEDLSTM_HOST_DEVICE void store_pack(T* p, const Pack<T, N>& x) {
   *reinterpret_cast<Pack<T, N>*>(p) = x;
 }
 
@@ -54,7 +58,7 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T, N>& x) {
 //   c_prev [H] (state_t) -> c [H] (state_t, may alias c_prev) and h [H];
 //   c_copy / h_copy, when not null, receive c and h again in scalar_t.
 template <int VEC, typename scalar_t, typename state_t>
-__device__ __forceinline__ void lstm_fwd_units(int H, const scalar_t* pre_a, const scalar_t* pre_b,
+FUSEDLSTM_HOST_DEVICE void lstm_fwd_units(int H, const scalar_t* pre_a, const scalar_t* pre_b,
                                                scalar_t* act, const state_t* c_prev, state_t* c,
                                                scalar_t* c_copy, scalar_t* h, scalar_t* h_copy) {
   using math_t = at::opmath_type<scalar_t>;
@@ -101,7 +105,7 @@ __device__ __forceinline__ void lstm_fwd_units(int H, const scalar_t* pre_a, con
 //   alias dc); h_out, when not null, receives h = o * tanh(c) (the
 //   projection's input, for the gradient of w_hr).
 template <int VEC, typename scalar_t, typename state_t>
-__device__ __forceinline__ void lstm_bwd_units(int H, const scalar_t* dh_a, const scalar_t* dh_b,
+FUSEDLSTM_HOST_DEVICE void lstm_bwd_units(int H, const scalar_t* dh_a, const scalar_t* dh_b,
                                                const state_t* dc, const scalar_t* act,
                                                const scalar_t* c_prev, const scalar_t* c,
                                                scalar_t* d_gates, state_t* dc_prev,
