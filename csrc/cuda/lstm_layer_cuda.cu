@@ -1,6 +1,6 @@
 // The layer ops on CUDA tensors: argument checks, the device guard and the
 // current stream around the recurrence of lstm_layer_cuda.cuh, whose steps
-// run as kernel launches here.
+// run as kernel launches (KernelRows).
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -11,25 +11,6 @@
 #include "lstm_layer_cuda.cuh"
 
 namespace fusedlstm::cuda {
-
-namespace {
-
-// Runs each step's pointwise pass as a kernel on `stream`.
-struct KernelRows {
-  cudaStream_t stream;
-
-  template <int VEC, typename scalar_t, typename state_t>
-  void fwd(const LayerFwdStep<scalar_t, state_t>& step) const {
-    launch_rows(_lstm_layer_fwd_kernel<VEC, scalar_t, state_t>, step.n, step.H / VEC, stream, step);
-  }
-
-  template <int VEC, typename scalar_t, typename state_t>
-  void bwd(const LayerBwdStep<scalar_t, state_t>& step) const {
-    launch_rows(_lstm_layer_bwd_kernel<VEC, scalar_t, state_t>, step.n, step.H / VEC, stream, step);
-  }
-};
-
-}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cuda(
     const at::Tensor& x_proj, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0,

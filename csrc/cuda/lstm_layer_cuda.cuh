@@ -2,8 +2,8 @@
 // The kernels and the host loops that drive them; the ops in
 // lstm_layer_cuda.cu add the argument checks, the device guard and the
 // stream. The loops are templates over `Rows`, which runs one step's
-// pointwise pass: lstm_layer_cuda.cu launches the kernels below on the
-// current stream, and tests/cpp/test_layer_cuda_on_host.cu runs the same
+// pointwise pass (pointwise_cuda.cuh): the ops launch the kernels below on
+// the current stream, and tests/cpp/test_cuda_on_host.cu runs the same
 // per-thread code on the CPU, so that this file is exercised without a GPU.
 //
 // Forward, per step t (rows 0..n-1 of the step, n = batch_sizes[t]):
@@ -66,7 +66,7 @@
 
 namespace fusedlstm::cuda {
 
-// --- one step's pointwise pass --------------------------------------------------------------
+// --- one step's pointwise pass ---------------------------------------------------------------
 
 // Arguments of one forward step; pointers are at row 0 of the step, rows b < n.
 template <typename scalar_t, typename state_t>
@@ -79,24 +79,19 @@ struct LayerFwdStep {
   scalar_t* cells;         // [n, H] or null: c again (saved for the backward)
   scalar_t* h;             // [n, H]: output rows (no projection, P == H) or h_raw, the projection's input
   scalar_t* h_state;       // [n, H] or null: h again (no projection)
+
+  // The work of one thread: hidden units j..j+VEC-1 of row b.
+  template <int VEC>
+  FUSEDLSTM_HOST_DEVICE void units(int64_t b, int j) const {
+    const int64_t g = b * 4 * H + j, u = b * H + j;
+    lstm_fwd_units<VEC>(H, x_proj + g, acts + g, acts + g, c_state + u, c_state + u,
+                        cells ? cells + u : nullptr, h + u, h_state ? h_state + u : nullptr);
+  }
 };
 
-// The work of one thread: hidden units j..j+VEC-1 of row b.
 template <int VEC, typename scalar_t, typename state_t>
-FUSEDLSTM_HOST_DEVICE void layer_fwd_units(const LayerFwdStep<scalar_t, state_t>& s, int64_t b,
-                                           int j) {
-  const int H = s.H;
-  const int64_t g = b * 4 * H + j, u = b * H + j;
-  lstm_fwd_units<VEC>(H, s.x_proj + g, s.acts + g, s.acts + g, s.c_state + u, s.c_state + u,
-                      s.cells ? s.cells + u : nullptr, s.h + u,
-                      s.h_state ? s.h_state + u : nullptr);
-}
-
-template <int VEC, typename scalar_t, typename state_t>
-__global__ void _lstm_layer_fwd_kernel(LayerFwdStep<scalar_t, state_t> s) {
-  const int group = unit_group();
-  if (group >= s.H / VEC) return;
-  for (int64_t b = first_row(); b < s.n; b += row_stride()) layer_fwd_units<VEC>(s, b, group * VEC);
+__global__ void _lstm_layer_fwd_kernel(LayerFwdStep<scalar_t, state_t> step) {
+  for_each_unit<VEC>(step);
 }
 
 // Arguments of one backward step; pointers are at row 0 of the step.
@@ -118,39 +113,36 @@ struct LayerBwdStep {
   scalar_t* d_gates;         // [n, 4H] -> grad_x_proj rows
   scalar_t* h_prev;          // [n, P] -> the step's GEMM input (for grad_w_hh)
   scalar_t* h_raw;           // [n, H] or null -> o * tanh(c) (for grad_w_hr)
+
+  // The work of one thread: hidden units j..j+VEC-1 of row b, and the same
+  // columns of h_prev (of each stretch of H columns: one stretch unless P > H).
+  template <int VEC>
+  FUSEDLSTM_HOST_DEVICE void units(int64_t b, int j) const {
+    const bool continues = b < from_prev;
+    const int64_t g = b * 4 * H + j, u = b * H + j;
+    lstm_bwd_units<VEC>(H, dh + u, grad_out ? grad_out + u : nullptr, dc + u, act + g,
+                        (continues ? c_prev : c0) + u, c + u, d_gates + g, dc + u,
+                        h_raw ? h_raw + u : nullptr);
+    const scalar_t* h_src = (continues ? out_prev : h0) + b * P;
+    scalar_t* h_dst = h_prev + b * P;
+    for (int64_t col = j; col < P; col += H) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        if (col + e < P) h_dst[col + e] = h_src[col + e];
+      }
+    }
+  }
 };
 
 template <int VEC, typename scalar_t, typename state_t>
-FUSEDLSTM_HOST_DEVICE void layer_bwd_units(const LayerBwdStep<scalar_t, state_t>& s, int64_t b,
-                                           int j) {
-  const int H = s.H;
-  const bool continues = b < s.from_prev;
-  const int64_t g = b * 4 * H + j, u = b * H + j;
-  const scalar_t* c_prev = (continues ? s.c_prev : s.c0) + u;
-  lstm_bwd_units<VEC>(H, s.dh + u, s.grad_out ? s.grad_out + u : nullptr, s.dc + u, s.act + g,
-                      c_prev, s.c + u, s.d_gates + g, s.dc + u, s.h_raw ? s.h_raw + u : nullptr);
-  // h_prev of row b: columns j..j+VEC-1 of each stretch of H (one stretch unless P > H).
-  const scalar_t* h_src = (continues ? s.out_prev : s.h0) + b * s.P;
-  scalar_t* h_dst = s.h_prev + b * s.P;
-  for (int64_t col = j; col < s.P; col += H) {
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) {
-      if (col + e < s.P) h_dst[col + e] = h_src[col + e];
-    }
-  }
-}
-
-template <int VEC, typename scalar_t, typename state_t>
-__global__ void _lstm_layer_bwd_kernel(LayerBwdStep<scalar_t, state_t> s) {
-  const int group = unit_group();
-  if (group >= s.H / VEC) return;
-  for (int64_t b = first_row(); b < s.n; b += row_stride()) layer_bwd_units<VEC>(s, b, group * VEC);
+__global__ void _lstm_layer_bwd_kernel(LayerBwdStep<scalar_t, state_t> step) {
+  for_each_unit<VEC>(step);
 }
 
 // --- the recurrence ---------------------------------------------------------------------------
 
-// lstm_layer_fwd on checked arguments (geometry `g`); rows.template fwd<VEC>(step)
-// runs a step's pointwise pass.
+// lstm_layer_fwd on checked arguments (geometry `g`); `rows` runs each step's
+// pointwise pass (KernelRows: as a kernel).
 template <typename Rows>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_layer_fwd(
     const Rows& rows, const LayerGeometry& g, const at::Tensor& x_proj, const at::Tensor& w_hh,
@@ -201,9 +193,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_layer
           save ? cells_p + off * H : nullptr, proj ? hr_p : out_p + off * P,
           proj ? nullptr : hs_p};
       if (vec) {
-        rows.template fwd<V>(step);
+        rows.template run<V>(_lstm_layer_fwd_kernel<V, scalar_t, state_t>, step);
       } else {
-        rows.template fwd<1>(step);
+        rows.template run<1>(_lstm_layer_fwd_kernel<1, scalar_t, state_t>, step);
       }
       if (proj) {
         at::Tensor out_t = output.narrow(0, off, n);
@@ -224,8 +216,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_layer
   return {output.view(g.shape(P)), h_state, c_n, acts, cells};
 }
 
-// lstm_layer_bwd on checked arguments (geometry `g`); rows.template bwd<VEC>(step)
-// runs a step's pointwise pass.
+// lstm_layer_bwd on checked arguments (geometry `g`); `rows` runs each step's
+// pointwise pass (KernelRows: as a kernel).
 template <typename Rows>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_layer_bwd(
     const Rows& rows, const LayerGeometry& g, const std::optional<at::Tensor>& grad_output,
@@ -318,9 +310,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_layer
       step.h_prev = hp_p + off * P;
       step.h_raw = proj ? hra_p + off * H : nullptr;
       if (vec) {
-        rows.template bwd<V>(step);
+        rows.template run<V>(_lstm_layer_bwd_kernel<V, scalar_t, state_t>, step);
       } else {
-        rows.template bwd<1>(step);
+        rows.template run<1>(_lstm_layer_bwd_kernel<1, scalar_t, state_t>, step);
       }
       at::Tensor dh_state_n = dh_state.narrow(0, 0, n);
       at::mm_out(dh_state_n, grad_x.narrow(0, off, n), w_hh_c);

@@ -9,7 +9,7 @@
 // is not a multiple of that width or a pointer is not 16-byte aligned.
 // Half and bfloat16 data is computed in float (at::opmath_type), as cuDNN
 // does for those types. The per-unit functions are __host__ __device__ so
-// that a CPU test can run them (tests/cpp/test_layer_cuda_on_host.cu).
+// that a CPU test can run them (tests/cpp/test_cuda_on_host.cu).
 //
 // Grid: x runs over the H / VEC unit groups of a row, y over the rows (with
 // a grid-stride loop, since gridDim.y is capped at 65535). Row offsets are
@@ -145,7 +145,13 @@ FUSEDLSTM_HOST_DEVICE void lstm_bwd_units(int H, const scalar_t* dh_a, const sca
   if (h_out) store_pack<VEC>(h_out, out_h);
 }
 
-// --- grid of a per-unit kernel --------------------------------------------------------------
+// --- running a step's pointwise pass ---------------------------------------------------------
+//
+// A "step" is a struct of a pass's arguments with `n` (rows), `H` (hidden
+// units per row) and `template <int VEC> units(b, j)`, the work of one thread:
+// units j..j+VEC-1 of row b. Kernels run it over their grid (for_each_unit);
+// host loops hand it to a `Rows` object: KernelRows below launches a kernel,
+// the CPU test of csrc/cuda runs units() for every (b, j) in turn.
 
 // Index of this thread's unit group in its row (the units are
 // group * VEC .. group * VEC + VEC - 1), and its rows: first_row(),
@@ -160,14 +166,24 @@ __device__ __forceinline__ int64_t row_stride() {
   return static_cast<int64_t>(gridDim.y) * blockDim.y;
 }
 
-// Launches kernel(args...) over `rows` rows of `groups` unit groups each, on
+// The body of every pointwise kernel: this thread's unit group, all its rows.
+template <int VEC, typename Step>
+__device__ __forceinline__ void for_each_unit(const Step& step) {
+  const int group = unit_group();
+  if (group >= step.H / VEC) return;
+  for (int64_t b = first_row(); b < step.n; b += row_stride()) {
+    step.template units<VEC>(b, group * VEC);
+  }
+}
+
+// Launches kernel(step) over step.n rows of `groups` unit groups each, on
 // `stream`, and checks the launch. Blocks of 128 threads: x covers up to 128
 // unit groups of a row (a multiple of a warp), y packs several rows into a
 // block when a row has fewer groups, so small H still fills warps. The size
 // is not tuned on a GPU yet.
-template <typename... KernelArgs, typename... Args>
-void launch_rows(void (*kernel)(KernelArgs...), int64_t rows, int64_t groups, cudaStream_t stream,
-                 Args... args) {
+template <typename Step>
+void launch_rows(void (*kernel)(Step), const Step& step, int64_t groups, cudaStream_t stream) {
+  const int64_t rows = step.n;
   if (rows == 0 || groups == 0) return;
   constexpr int64_t kThreads = 128, kMaxGridY = 65535;
   const int64_t tx = std::min<int64_t>((groups + 31) / 32 * 32, kThreads);
@@ -175,9 +191,19 @@ void launch_rows(void (*kernel)(KernelArgs...), int64_t rows, int64_t groups, cu
   const dim3 block(static_cast<unsigned>(tx), static_cast<unsigned>(ty));
   const dim3 grid(static_cast<unsigned>((groups + tx - 1) / tx),
                   static_cast<unsigned>(std::min<int64_t>((rows + ty - 1) / ty, kMaxGridY)));
-  kernel<<<grid, block, 0, stream>>>(args...);
+  kernel<<<grid, block, 0, stream>>>(step);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
+
+// Runs each step's pass as a kernel launch on `stream`.
+struct KernelRows {
+  cudaStream_t stream;
+
+  template <int VEC, typename Step>
+  void run(void (*kernel)(Step), const Step& step) const {
+    launch_rows(kernel, step, step.H / VEC, stream);
+  }
+};
 
 // True when every pointer is aligned for a Pack of `bytes` bytes (null
 // pointers, for absent optional outputs, count as aligned).

@@ -1,13 +1,12 @@
-// The CUDA layer recurrence run on the CPU: the host loops of
-// csrc/cuda/lstm_layer_cuda.cuh (GEMMs, buffers, per-step pointers, the
-// choice of vector width) and the per-thread code of its kernels
-// (layer_fwd_units / layer_bwd_units: gate math, 128-bit packs, packed and
-// reversed steps, the projection, the h_prev gather, float cell state), with
-// each step's pointwise pass executed thread by thread on the host instead
-// of launched. Checked against the CPU backend in float64. What only a GPU
-// can check (grid mapping, launches, streams, cuBLAS) is left to the pytest
-// suite's CUDA tests. Built by CMake when the CUDA kernels are; run by ctest,
-// no GPU needed.
+// The CUDA backend's code run on the CPU: the host code of
+// csrc/cuda/lstm_cell_cuda.cuh and lstm_layer_cuda.cuh (buffers, GEMMs on
+// views, per-step pointers, the choice of vector width) and the per-thread
+// code of every kernel (gate math, 128-bit packs, packed and reversed steps,
+// the projection, the h_prev gather, float cell state), with each pass run
+// thread by thread on the host instead of launched. Checked against the CPU
+// backend in float64. What only a GPU can check (the grid mapping, launches,
+// streams, cuBLAS) is left to the pytest suite's CUDA tests. Built by CMake
+// when the CUDA kernels are; run by ctest, no GPU needed.
 #include <ATen/ATen.h>
 
 #include <cstdio>
@@ -15,34 +14,25 @@
 #include <vector>
 
 #include "cpu/lstm_cpu.h"
+#include "cuda/lstm_cell_cuda.cuh"
 #include "cuda/lstm_layer_cuda.cuh"
 #include "fusedlstm/checks.h"
 
 namespace {
 
-using fusedlstm::cuda::LayerBwdStep;
-using fusedlstm::cuda::LayerFwdStep;
-
 int failures = 0;
 int checks = 0;
 
-// Runs every thread's work of a step, one after the other; records the
-// vector width the loop chose.
+// Runs every thread's work of a pass, one after the other, instead of the
+// kernel; records the vector widths used.
 struct HostRows {
   int* widths_used;
 
-  template <int VEC, typename scalar_t, typename state_t>
-  void fwd(const LayerFwdStep<scalar_t, state_t>& s) const {
+  template <int VEC, typename Step>
+  void run(void (*)(Step), const Step& step) const {
     *widths_used |= VEC;
-    for (int64_t b = 0; b < s.n; ++b)
-      for (int j = 0; j < s.H; j += VEC) fusedlstm::cuda::layer_fwd_units<VEC>(s, b, j);
-  }
-
-  template <int VEC, typename scalar_t, typename state_t>
-  void bwd(const LayerBwdStep<scalar_t, state_t>& s) const {
-    *widths_used |= VEC;
-    for (int64_t b = 0; b < s.n; ++b)
-      for (int j = 0; j < s.H; j += VEC) fusedlstm::cuda::layer_bwd_units<VEC>(s, b, j);
+    for (int64_t b = 0; b < step.n; ++b)
+      for (int j = 0; j < step.H; j += VEC) step.template units<VEC>(b, j);
   }
 };
 
@@ -177,6 +167,39 @@ void check_layer(const Config& c) {
   }
 }
 
+void check_cell(at::ScalarType dtype, int64_t H, bool shift) {
+  const std::string id = std::string("cell ") + c10::toString(dtype) + " H=" + std::to_string(H) +
+                         (shift ? " misaligned" : "");
+  const double tol = dtype == at::kDouble ? 1e-10 : dtype == at::kFloat ? 1e-5 : 1e-2;
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const int64_t B = 5;
+  const at::Tensor gates = rounded(at::randn({B, 4 * H}, f64) * 2, dtype);
+  const at::Tensor c_prev = rounded(at::randn({B, H}, f64), dtype);
+  const auto expected = fusedlstm::cpu::lstm_cell_fwd_cpu(gates, c_prev);
+  const at::Tensor gates_low = shift ? misaligned(gates.to(dtype)) : gates.to(dtype);
+  int widths = 0;
+  const fusedlstm::CellShape s = fusedlstm::check_cell_fwd_args(gates_low, c_prev.to(dtype));
+  const auto actual = fusedlstm::cuda::run_cell_fwd(HostRows{&widths}, s, gates_low, c_prev.to(dtype));
+  expect_close(id + " h", std::get<0>(actual), std::get<0>(expected), tol);
+  expect_close(id + " c", std::get<1>(actual), std::get<1>(expected), tol);
+  expect_close(id + " act", std::get<2>(actual), std::get<2>(expected), tol);
+
+  const at::Tensor grad_h = rounded(at::randn({B, H}, f64), dtype);
+  const at::Tensor grad_c = rounded(at::randn({B, H}, f64), dtype);
+  const at::Tensor act = rounded(std::get<2>(expected), dtype), c = rounded(std::get<1>(expected), dtype);
+  const auto bexp = fusedlstm::cpu::lstm_cell_bwd_cpu(grad_h, grad_c, act, c_prev, c);
+  const at::Tensor grad_h_low = shift ? misaligned(grad_h.to(dtype)) : grad_h.to(dtype);
+  const fusedlstm::CellShape sb = fusedlstm::check_cell_bwd_args(
+      grad_h_low, grad_c.to(dtype), act.to(dtype), c_prev.to(dtype), c.to(dtype));
+  const auto bact = fusedlstm::cuda::run_cell_bwd(HostRows{&widths}, sb, grad_h_low, grad_c.to(dtype),
+                                                  act.to(dtype), c_prev.to(dtype), c.to(dtype));
+  expect_close(id + " grad_gates", std::get<0>(bact), std::get<0>(bexp), tol);
+  expect_close(id + " grad_c_prev", std::get<1>(bact), std::get<1>(bexp), tol);
+  const int vec_width = 16 / static_cast<int>(c10::elementSize(dtype));
+  expect(widths == (H % vec_width == 0 && !shift ? vec_width : 1),
+         id + " vector width " + std::to_string(widths));
+}
+
 }  // namespace
 
 int main() {
@@ -191,6 +214,11 @@ int main() {
                 if (shift && H != 16) continue;  // misalignment matters on the vector path only
                 check_layer(Config{dtype, H, packed, proj, reverse, shift, save});
               }
+  for (at::ScalarType dtype : {at::kDouble, at::kFloat, at::kHalf, at::kBFloat16}) {
+    check_cell(dtype, 16, false);
+    check_cell(dtype, 13, false);
+    check_cell(dtype, 16, true);
+  }
   std::printf("%d checks, %d failures\n", checks, failures);
   return failures == 0 ? 0 : 1;
 }
