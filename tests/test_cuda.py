@@ -164,8 +164,9 @@ def assert_within_twice(ours, theirs, exact, what):
                          ids=["H64", "H64-proj", "H13"])
 def test_half_precision_module_within_twice_nn_lstm_error(dtype, kind, hidden, proj_size):
     """FusedLSTM in fp16/bf16 on CUDA vs nn.LSTM in the same dtype on CUDA
-    (cuDNN), both against nn.LSTM in float64 with the same (rounded) weights,
-    inputs and output weightings: outputs and every gradient."""
+    (cuDNN where it takes that dtype), both against nn.LSTM in float64 with the
+    same (rounded) weights, inputs and output weightings: outputs and every
+    gradient, by relative L2 error."""
     needs_cuda_kernels()
     torch.manual_seed(0)
     config = dict(input_size=32, hidden_size=hidden, num_layers=2, bidirectional=True,

@@ -59,8 +59,8 @@ FUSEDLSTM_HOST_DEVICE void store_pack(T* p, const Pack<T, N>& x) {
 //   c_copy / h_copy, when not null, receive c and h again in scalar_t.
 template <int VEC, typename scalar_t, typename state_t>
 FUSEDLSTM_HOST_DEVICE void lstm_fwd_units(int H, const scalar_t* pre_a, const scalar_t* pre_b,
-                                               scalar_t* act, const state_t* c_prev, state_t* c,
-                                               scalar_t* c_copy, scalar_t* h, scalar_t* h_copy) {
+                                          scalar_t* act, const state_t* c_prev, state_t* c,
+                                          scalar_t* c_copy, scalar_t* h, scalar_t* h_copy) {
   using math_t = at::opmath_type<scalar_t>;
   Pack<scalar_t, VEC> pre[4], rec[4];
 #pragma unroll
@@ -106,10 +106,9 @@ FUSEDLSTM_HOST_DEVICE void lstm_fwd_units(int H, const scalar_t* pre_a, const sc
 //   projection's input, for the gradient of w_hr).
 template <int VEC, typename scalar_t, typename state_t>
 FUSEDLSTM_HOST_DEVICE void lstm_bwd_units(int H, const scalar_t* dh_a, const scalar_t* dh_b,
-                                               const state_t* dc, const scalar_t* act,
-                                               const scalar_t* c_prev, const scalar_t* c,
-                                               scalar_t* d_gates, state_t* dc_prev,
-                                               scalar_t* h_out) {
+                                          const state_t* dc, const scalar_t* act,
+                                          const scalar_t* c_prev, const scalar_t* c,
+                                          scalar_t* d_gates, state_t* dc_prev, scalar_t* h_out) {
   using math_t = at::opmath_type<scalar_t>;
   Pack<scalar_t, VEC> a_in[4];
 #pragma unroll
