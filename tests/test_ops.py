@@ -1,54 +1,15 @@
-"""The op contract, op by op: each backend's ops against the reference oracle,
-the oracle's explicit backward against autograd, torch.library.opcheck on
-every op and sample, and gradcheck in float64."""
-
-import itertools
+"""The op contract, op by op: the C++ ops (CPU kernels, and CUDA kernels on a
+GPU) against the reference oracle, the oracle's explicit backward against
+autograd, torch.library.opcheck on every op and sample, and gradcheck in
+float64."""
 
 import pytest
 import torch
 from torch.func import functional_call
 
 from fusedlstm import FusedLSTM, ops, reference
-from lstm_testing import assert_close
-
-H, P, B = 5, 3, 4
-LENGTHS = [6, 4, 4, 1]  # packed sample: batch_sizes [4, 3, 3, 3, 1, 1]
-
-
-def batch_sizes_of(lengths):
-    return torch.tensor([sum(n > t for n in lengths) for t in range(max(lengths))], dtype=torch.long)
-
-
-def layer_sample(layout, proj, reverse, dtype=torch.float64, device="cpu", seed=0):
-    """(x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse) for lstm_layer_fwd."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape):
-        return torch.randn(shape, dtype=dtype, generator=g).to(device)
-
-    out = P if proj else H
-    if layout == "dense":
-        x_proj, batch_sizes = rand(6, B, 4 * H), None
-    else:
-        batch_sizes = batch_sizes_of(LENGTHS)
-        x_proj = rand(int(batch_sizes.sum()), 4 * H)
-    return (x_proj, rand(4 * H, out), rand(B, out), rand(B, H), rand(out, H) if proj else None,
-            batch_sizes, reverse)
-
-
-LAYER_CONFIGS = list(itertools.product(["dense", "packed"], [False, True], [False, True]))
-LAYER_IDS = [f"{layout}-{'proj' if p else 'noproj'}-{'rev' if r else 'fwd'}" for layout, p, r in LAYER_CONFIGS]
-
-
-def cell_sample(dtype=torch.float64, device="cpu", seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(B, 4 * H, dtype=dtype, generator=g).to(device),
-            torch.randn(B, H, dtype=dtype, generator=g).to(device))
-
-
-def grads_like(outputs, seed):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(t.shape, dtype=t.dtype, generator=g).to(t.device) for t in outputs]
+from lstm_testing import (LAYER_CONFIGS, LAYER_IDS, assert_close, cell_sample, device_params,
+                          grads_like, layer_sample, opcheck_samples, skip_unless_usable)
 
 
 # --- the oracle's backward is autograd's -------------------------------------------------
@@ -77,19 +38,27 @@ def test_reference_layer_bwd_matches_autograd(layout, proj, reverse):
         assert_close(a, e, torch.float64)
 
 
-# --- each backend's ops against the oracle ---------------------------------------------
+# --- the C++ ops against the oracle, on each device ------------------------------------------
 
-CPP_OPS = [getattr(torch.ops.fusedlstm, name).default for name in ops.CONTRACT] if ops.cpp else []
 needs_cpp = pytest.mark.skipif(ops.cpp is None, reason="fusedlstm._C is not built")
 
 
+def skip_unless_kernels(device):
+    """Skip (with the reason) unless the C++ ops have kernels for `device` here:
+    the "cpu" and "cuda" backends are those kernels."""
+    skip_unless_usable(device, device)
+
+
 @needs_cpp
+@pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_cpu_cell_ops_match_reference(dtype):
-    gates, c_prev = cell_sample(dtype)
+def test_cell_ops_match_reference(device, dtype):
+    skip_unless_kernels(device)
+    gates, c_prev = cell_sample(dtype, device)
     actual = ops.cpp.cell_fwd(gates, c_prev)
     expected = reference.lstm_cell_fwd(gates, c_prev)
     for a, e in zip(actual, expected):
+        assert a.device == gates.device
         assert_close(a, e, dtype)
     grad_h, grad_c = grads_like(expected[:2], 3)
     actual = ops.cpp.cell_bwd(grad_h, grad_c, expected[2], c_prev, expected[1])
@@ -99,14 +68,17 @@ def test_cpu_cell_ops_match_reference(dtype):
 
 
 @needs_cpp
+@pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("missing_grads", [False, True], ids=["all-grads", "none-grads"])
 @pytest.mark.parametrize("layout,proj,reverse", LAYER_CONFIGS, ids=LAYER_IDS)
-def test_cpu_layer_ops_match_reference(layout, proj, reverse, dtype, missing_grads):
-    args = layer_sample(layout, proj, reverse, dtype)
+def test_layer_ops_match_reference(layout, proj, reverse, dtype, missing_grads, device):
+    skip_unless_kernels(device)
+    args = layer_sample(layout, proj, reverse, dtype, device)
     actual = ops.cpp.layer_fwd(*args, True)
     expected = reference.lstm_layer_fwd(*args, True)
     for a, e, name in zip(actual, expected, ["output", "h_n", "c_n", "acts", "cells"]):
+        assert a.device == args[0].device
         assert_close(a, e, dtype, name)
     grads = grads_like(expected[:3], 4)
     if missing_grads:  # no gradient reaches h_n and c_n: they count as zeros
@@ -120,9 +92,11 @@ def test_cpu_layer_ops_match_reference(layout, proj, reverse, dtype, missing_gra
 
 
 @needs_cpp
+@pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("layout,proj,reverse", LAYER_CONFIGS, ids=LAYER_IDS)
-def test_cpu_layer_without_saving_matches(layout, proj, reverse):
-    args = layer_sample(layout, proj, reverse)
+def test_layer_without_saving_matches(layout, proj, reverse, device):
+    skip_unless_kernels(device)
+    args = layer_sample(layout, proj, reverse, device=device)
     saved = ops.cpp.layer_fwd(*args, True)
     unsaved = ops.cpp.layer_fwd(*args, False)
     for a, e in zip(unsaved[:3], saved[:3]):
@@ -141,37 +115,21 @@ def test_layer_without_saving_refuses_backward():
 
 # --- opcheck and gradcheck ---------------------------------------------------------------
 
-def opcheck_samples():
-    """(op, args) for every op of the contract, over the layer configurations."""
-    samples = []
-    gates, c_prev = cell_sample()
-    h, c, act = reference.lstm_cell_fwd(gates, c_prev)
-    samples.append((0, (gates.clone().requires_grad_(), c_prev.clone().requires_grad_())))
-    samples.append((1, (*grads_like((h, c), 5), act, c_prev, c)))
-    for layout, proj, reverse in LAYER_CONFIGS:
-        args = layer_sample(layout, proj, reverse)
-        grad_args = tuple(t.clone().requires_grad_() if isinstance(t, torch.Tensor) and t.is_floating_point()
-                          else t for t in args)
-        samples.append((2, (*grad_args, True)))
-        samples.append((2, (*args, False)))  # inference: nothing to differentiate
-        out, h_n, c_n, acts, cells = reference.lstm_layer_fwd(*args)
-        x_proj, w_hh, h0, c0, w_hr, batch_sizes, _ = args
-        go, gh, gc = grads_like((out, h_n, c_n), 6)
-        for grads in ((go, gh, gc), (go, None, None)):
-            samples.append((3, (*grads, w_hh, h0, c0, w_hr, batch_sizes, reverse, out, acts, cells)))
-    return samples
+@needs_cpp
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("sample_id", list(opcheck_samples("cpu")))
+def test_opcheck(sample_id, device):
+    skip_unless_kernels(device)
+    op_name, args = opcheck_samples(device)[sample_id]
+    torch.library.opcheck(getattr(torch.ops.fusedlstm, op_name).default, args)
 
 
 @needs_cpp
-@pytest.mark.parametrize("op_index,args", opcheck_samples())
-def test_opcheck(op_index, args):
-    torch.library.opcheck(CPP_OPS[op_index], args)
-
-
-@needs_cpp
+@pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("layout,proj,reverse", LAYER_CONFIGS, ids=LAYER_IDS)
-def test_gradcheck_layer_op(layout, proj, reverse):
-    x_proj, w_hh, h0, c0, w_hr, batch_sizes, _ = layer_sample(layout, proj, reverse)
+def test_gradcheck_layer_op(layout, proj, reverse, device):
+    skip_unless_kernels(device)
+    x_proj, w_hh, h0, c0, w_hr, batch_sizes, _ = layer_sample(layout, proj, reverse, device=device)
     inputs = [t.requires_grad_() for t in (x_proj, w_hh, h0, c0) + ((w_hr,) if proj else ())]
 
     def run(x_proj, w_hh, h0, c0, w_hr=None):
@@ -181,25 +139,26 @@ def test_gradcheck_layer_op(layout, proj, reverse):
 
 
 @needs_cpp
-def test_gradcheck_cell_op():
-    gates, c_prev = (t.requires_grad_() for t in cell_sample())
+@pytest.mark.parametrize("device", device_params())
+def test_gradcheck_cell_op(device):
+    skip_unless_kernels(device)
+    gates, c_prev = (t.requires_grad_() for t in cell_sample(device=device))
     assert torch.autograd.gradcheck(ops.cpp.cell, (gates, c_prev))
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("backend,device", [
+    ("cpu", "cpu"), ("reference", "cpu"), pytest.param("cuda", "cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-def test_gradcheck_through_fused_lstm(backend, packed):
+def test_gradcheck_through_fused_lstm(backend, device, packed):
     """Gradients of input, h0, c0 and every parameter, by finite differences."""
-    if backend == "cpu" and ops.cpp is None:
-        pytest.skip("fusedlstm._C is not built")
+    skip_unless_usable(backend, device)
     torch.manual_seed(0)
     lstm = FusedLSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2, dtype=torch.float64,
                      backend=backend)
     names = [name for name, _ in lstm.named_parameters()]
-    params = [p.detach().clone().requires_grad_() for p in lstm.parameters()]
-    x = torch.randn(4, 3, 3, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
-    c0 = torch.randn(4, 3, 4, dtype=torch.float64, requires_grad=True)
+    params = [p.detach().clone().to(device).requires_grad_() for p in lstm.parameters()]
+    x, h0, c0 = (torch.randn(*shape, dtype=torch.float64).to(device).requires_grad_()
+                 for shape in ((4, 3, 3), (4, 3, 2), (4, 3, 4)))
     lengths = torch.tensor([4, 2, 3])
 
     def run(x, h0, c0, *params):

@@ -30,7 +30,7 @@ def test_error_at_most_twice_pytorchs(backend, device, dtype, kind, proj_size):
 
     leaf, to_input = make_input(kind, 12, 5, 24, False, dtype, device, gen)
     leaf64 = leaf.detach().double().requires_grad_()
-    reference = forward_backward(exact, leaf64, to_input, None, torch.Generator().manual_seed(3), dtype)
+    reference = forward_backward(exact, leaf64, to_input, None, torch.Generator().manual_seed(3), weight_dtype=dtype)
     # Same loss weights in every run: drawn in float64, rounded for the low runs.
     theirs = max_error(forward_backward(low, leaf, to_input, None, torch.Generator().manual_seed(3)), reference)
     ours = max_error(forward_backward(fused, leaf, to_input, None, torch.Generator().manual_seed(3)), reference)
