@@ -5,7 +5,9 @@
 //   act, c, h    = the gate math of gate_math.h, in the GEMM's epilogue
 //   out[t]       = h @ W_hr^T with a projection (a second product), else h
 // h_prev of row r is the previous step's output row, or h0[r] where the row
-// starts (reverse packed sequences); c lives in c_state, updated in place.
+// starts (reverse packed sequences); c lives in c_state, updated in place,
+// in float for half types (as its gradient does in the backward), so that
+// rounding does not accumulate over the steps.
 //
 // Backward runs the steps in the opposite order. Per step, the recurrent
 // gradient (d_gates of the step processed after it, @ W_hh) is a product whose
@@ -72,7 +74,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   at::Tensor output = at::empty({g.rows, P}, opts);
   at::Tensor acts = at::empty({save_for_backward ? g.rows : 0, G}, opts);
   at::Tensor cells = at::empty({save_for_backward ? g.rows : 0, H}, opts);
-  at::Tensor c_state = c0.contiguous().clone();        // [B, H]
+  const auto math_dtype = at::toOpMathType(x_proj.scalar_type());
+  at::Tensor c_state = c0.to(math_dtype, /*non_blocking=*/false, /*copy=*/true).contiguous();  // [B, H]
   at::Tensor h_raw = at::empty({proj ? g.B : 0, H}, opts);  // o * tanh(c), before W_hr
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x_proj.scalar_type(), "lstm_layer_fwd_cpu", [&] {
@@ -86,7 +89,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     scalar_t* out_p = output.mutable_data_ptr<scalar_t>();
     scalar_t* acts_p = save_for_backward ? acts.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* cells_p = save_for_backward ? cells.mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* cs_p = c_state.mutable_data_ptr<scalar_t>();
+    using MathIO = VecIO<math_type<scalar_t>>;
+    math_type<scalar_t>* cs_p = c_state.mutable_data_ptr<math_type<scalar_t>>();
     scalar_t* hr_p = proj ? h_raw.mutable_data_ptr<scalar_t>() : nullptr;
 
     const int threads = team_size(g.B * G * P, std::max(gates_w.panels, proj_w.panels));
@@ -110,9 +114,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
             const Gates<Vec> a = activate_gates(
                 acc[i][0] + IO::load(xr, count), acc[i][1] + IO::load(xr + H, count),
                 acc[i][2] + IO::load(xr + 2 * H, count), acc[i][3] + IO::load(xr + 3 * H, count));
-            scalar_t* cs = cs_p + r * H + u;
-            const Vec c = cell_state(a, IO::load(cs, count));
-            IO::store(cs, c, count);
+            math_type<scalar_t>* cs = cs_p + r * H + u;
+            const Vec c = cell_state(a, MathIO::load(cs, count));
+            MathIO::store(cs, c, count);
             IO::store(h_dst + r * h_ld + u, hidden_state(a, c), count);
             if (save_for_backward) {
               IO::store(cells_p + (off + r) * H + u, c, count);
@@ -145,7 +149,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     acts = at::empty({0}, opts);
     cells = at::empty({0}, opts);
   }
-  return {output.view(g.shape(P)), h_n, c_state, acts, cells};
+  return {output.view(g.shape(P)), h_n, c_state.to(x_proj.scalar_type()), acts, cells};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_bwd_cpu(
@@ -172,8 +176,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   const at::Tensor h0c = h0.contiguous(), c0c = c0.contiguous();
 
   at::Tensor grad_x = at::empty({g.rows, G}, opts);  // d(pre-activations) of every step
-  at::Tensor dc_state = grad_c_n.has_value() ? grad_c_n->contiguous().clone()
-                                             : at::zeros({g.B, H}, opts);
+  const auto math_dtype = at::toOpMathType(acts.scalar_type());
+  at::Tensor dc_state = grad_c_n.has_value()  // [B, H], float for half types
+      ? grad_c_n->to(math_dtype, /*non_blocking=*/false, /*copy=*/true).contiguous()
+      : at::zeros({g.B, H}, opts.dtype(math_dtype));
   // With a projection, dL/d(out) of every step (for grad_w_hr and dL/dh).
   at::Tensor dh_out = at::empty({proj ? g.rows : 0, P}, opts);
   at::Tensor zero_row = at::zeros({G}, opts);  // A row of rows that get no recurrent gradient
@@ -194,7 +200,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     const scalar_t* c0_p = c0c.const_data_ptr<scalar_t>();
     const scalar_t* zero_p = zero_row.const_data_ptr<scalar_t>();
     scalar_t* gx_p = grad_x.mutable_data_ptr<scalar_t>();
-    scalar_t* dcs_p = dc_state.mutable_data_ptr<scalar_t>();
+    using MathIO = VecIO<math_type<scalar_t>>;
+    math_type<scalar_t>* dcs_p = dc_state.mutable_data_ptr<math_type<scalar_t>>();
     scalar_t* dho_p = proj ? dh_out.mutable_data_ptr<scalar_t>() : nullptr;
 
     const int threads = team_size(g.B * G * P, std::max(hh.panels, hr.panels));
@@ -225,13 +232,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
               if (!proj && ghn_p && r >= continuing) dh = dh + IO::load(ghn_p + r * P + u, count);
               const Gates<Vec> a = load_gates(acts_p + (off + r) * G + u, H, count);
               const scalar_t* c_prev = r < from_prev ? cells_prev + r * H + u : c0_p + r * H + u;
-              scalar_t* dc = dcs_p + r * H + u;
+              math_type<scalar_t>* dc = dcs_p + r * H + u;
               Vec dc_prev;
               const Gates<Vec> d = gates_backward(a, IO::load(c_prev, count),
                                                   IO::load(cells_p + (off + r) * H + u, count), dh,
-                                                  IO::load(dc, count), dc_prev);
+                                                  MathIO::load(dc, count), dc_prev);
               store_gates(gx_p + (off + r) * G + u, H, d, count);
-              IO::store(dc, dc_prev, count);
+              MathIO::store(dc, dc_prev, count);
             }
           }
         };
@@ -292,7 +299,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     const at::Tensor h_raw = acts2.narrow(1, 3 * H, H).mul(cells2.tanh());  // o * tanh(c)
     grad_w_hr = at::mm(dh_out.t(), h_raw);                                  // [P, H]
   }
-  return {grad_x.view(g.shape(G)), grad_w_hh, grad_h0, dc_state, grad_w_hr};
+  return {grad_x.view(g.shape(G)), grad_w_hh, grad_h0, dc_state.to(acts.scalar_type()), grad_w_hr};
 }
 
 }  // namespace fusedlstm::cpu
