@@ -3,11 +3,13 @@ running a module forward and backward to collect everything to compare."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from fusedlstm import backends
+from fusedlstm import backends, reference
 
 # (backend, device) pairs of the parity suites. Every registered backend joins
 # on every device it can serve; unusable pairs are skipped with the reason.
@@ -86,3 +88,79 @@ def forward_backward(module, leaf, to_input, hx, generator, round_to=None):
         result.update(grad_h0=hx[0].grad, grad_c0=hx[1].grad)
     result.update({f"grad_{name}": p.grad for name, p in module.named_parameters()})
     return result
+
+
+# --- samples of the op contract's arguments -------------------------------------------------
+
+LENGTHS = (6, 4, 4, 1)  # the packed sample's sequences: batch_sizes [4, 3, 3, 3, 1, 1]
+
+
+def batch_sizes_of(lengths):
+    return torch.tensor([sum(n > t for n in lengths) for t in range(max(lengths))], dtype=torch.long)
+
+
+def layer_sample(layout, proj, reverse, dtype=torch.float64, device="cpu", seed=0, *, H=5, P=3,
+                 lengths=LENGTHS):
+    """(x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse) for lstm_layer_fwd: B = len(lengths)
+    sequences, T = max(lengths) steps; dense ("dense") or packed with those lengths ("packed");
+    output size P with a projection, else H."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(shape, dtype=dtype, generator=g).to(device)
+
+    B, out = len(lengths), P if proj else H
+    if layout == "dense":
+        x_proj, batch_sizes = rand(max(lengths), B, 4 * H), None
+    else:
+        batch_sizes = batch_sizes_of(lengths)
+        x_proj = rand(int(batch_sizes.sum()), 4 * H)
+    return (x_proj, rand(4 * H, out), rand(B, out), rand(B, H), rand(out, H) if proj else None,
+            batch_sizes, reverse)
+
+
+LAYER_CONFIGS = list(itertools.product(["dense", "packed"], [False, True], [False, True]))
+LAYER_IDS = [f"{layout}-{'proj' if p else 'noproj'}-{'rev' if r else 'fwd'}" for layout, p, r in LAYER_CONFIGS]
+
+
+def cell_sample(dtype=torch.float64, device="cpu", seed=0, *, B=4, H=5):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, 4 * H, dtype=dtype, generator=g).to(device),
+            torch.randn(B, H, dtype=dtype, generator=g).to(device))
+
+
+def grads_like(outputs, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(t.shape, dtype=t.dtype, generator=g).to(t.device) for t in outputs]
+
+
+def opcheck_samples(dtype=torch.float64, device="cpu"):
+    """(op index in fusedlstm.ops.CONTRACT, args) for every op of the contract, over the
+    layer configurations."""
+    samples = []
+    gates, c_prev = cell_sample(dtype, device)
+    h, c, act = reference.lstm_cell_fwd(gates, c_prev)
+    samples.append((0, (gates.clone().requires_grad_(), c_prev.clone().requires_grad_())))
+    samples.append((1, (*grads_like((h, c), 5), act, c_prev, c)))
+    for layout, proj, reverse in LAYER_CONFIGS:
+        args = layer_sample(layout, proj, reverse, dtype, device)
+        grad_args = tuple(t.clone().requires_grad_() if isinstance(t, torch.Tensor) and t.is_floating_point()
+                          else t for t in args)
+        samples.append((2, (*grad_args, True)))
+        samples.append((2, (*args, False)))  # inference: nothing to differentiate
+        out, h_n, c_n, acts, cells = reference.lstm_layer_fwd(*args)
+        x_proj, w_hh, h0, c0, w_hr, batch_sizes, _ = args
+        go, gh, gc = grads_like((out, h_n, c_n), 6)
+        for grads in ((go, gh, gc), (go, None, None)):
+            samples.append((3, (*grads, w_hh, h0, c0, w_hr, batch_sizes, reverse, out, acts, cells)))
+    return samples
+
+
+def assert_within_twice_torch_error(actual, torch_result, exact, what=""):
+    """The fp16/bf16 rule: the largest error of `actual` against `exact` (a float64 or
+    float32 result) is at most twice that of `torch_result`, PyTorch's own computation of
+    the same thing in the same low precision."""
+    exact = exact.double()
+    ours = (actual.double() - exact).abs().max().item()
+    theirs = (torch_result.double() - exact).abs().max().item()
+    assert ours <= 2 * theirs, f"{what}: error {ours:.3g} is more than twice PyTorch's own ({theirs:.3g})"

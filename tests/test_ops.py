@@ -2,54 +2,13 @@
 the oracle's explicit backward against autograd, torch.library.opcheck on
 every op and sample, and gradcheck in float64."""
 
-import itertools
-
 import pytest
 import torch
 from torch.func import functional_call
 
 from fusedlstm import FusedLSTM, ops, reference
-from lstm_testing import assert_close
-
-H, P, B = 5, 3, 4
-LENGTHS = [6, 4, 4, 1]  # packed sample: batch_sizes [4, 3, 3, 3, 1, 1]
-
-
-def batch_sizes_of(lengths):
-    return torch.tensor([sum(n > t for n in lengths) for t in range(max(lengths))], dtype=torch.long)
-
-
-def layer_sample(layout, proj, reverse, dtype=torch.float64, device="cpu", seed=0):
-    """(x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse) for lstm_layer_fwd."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape):
-        return torch.randn(shape, dtype=dtype, generator=g).to(device)
-
-    out = P if proj else H
-    if layout == "dense":
-        x_proj, batch_sizes = rand(6, B, 4 * H), None
-    else:
-        batch_sizes = batch_sizes_of(LENGTHS)
-        x_proj = rand(int(batch_sizes.sum()), 4 * H)
-    return (x_proj, rand(4 * H, out), rand(B, out), rand(B, H), rand(out, H) if proj else None,
-            batch_sizes, reverse)
-
-
-LAYER_CONFIGS = list(itertools.product(["dense", "packed"], [False, True], [False, True]))
-LAYER_IDS = [f"{layout}-{'proj' if p else 'noproj'}-{'rev' if r else 'fwd'}" for layout, p, r in LAYER_CONFIGS]
-
-
-def cell_sample(dtype=torch.float64, device="cpu", seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(B, 4 * H, dtype=dtype, generator=g).to(device),
-            torch.randn(B, H, dtype=dtype, generator=g).to(device))
-
-
-def grads_like(outputs, seed):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(t.shape, dtype=t.dtype, generator=g).to(t.device) for t in outputs]
-
+from lstm_testing import (LAYER_CONFIGS, LAYER_IDS, assert_close, cell_sample, grads_like, layer_sample,
+                          opcheck_samples)
 
 # --- the oracle's backward is autograd's -------------------------------------------------
 
@@ -140,27 +99,6 @@ def test_layer_without_saving_refuses_backward():
 
 
 # --- opcheck and gradcheck ---------------------------------------------------------------
-
-def opcheck_samples():
-    """(op, args) for every op of the contract, over the layer configurations."""
-    samples = []
-    gates, c_prev = cell_sample()
-    h, c, act = reference.lstm_cell_fwd(gates, c_prev)
-    samples.append((0, (gates.clone().requires_grad_(), c_prev.clone().requires_grad_())))
-    samples.append((1, (*grads_like((h, c), 5), act, c_prev, c)))
-    for layout, proj, reverse in LAYER_CONFIGS:
-        args = layer_sample(layout, proj, reverse)
-        grad_args = tuple(t.clone().requires_grad_() if isinstance(t, torch.Tensor) and t.is_floating_point()
-                          else t for t in args)
-        samples.append((2, (*grad_args, True)))
-        samples.append((2, (*args, False)))  # inference: nothing to differentiate
-        out, h_n, c_n, acts, cells = reference.lstm_layer_fwd(*args)
-        x_proj, w_hh, h0, c0, w_hr, batch_sizes, _ = args
-        go, gh, gc = grads_like((out, h_n, c_n), 6)
-        for grads in ((go, gh, gc), (go, None, None)):
-            samples.append((3, (*grads, w_hh, h0, c0, w_hr, batch_sizes, reverse, out, acts, cells)))
-    return samples
-
 
 @needs_cpp
 @pytest.mark.parametrize("op_index,args", opcheck_samples())
