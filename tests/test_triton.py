@@ -7,9 +7,11 @@ Without a GPU these run through Triton's interpreter on CPU tensors
 parity suite (test_parity.py, test_cell.py) runs FusedLSTM with
 backend="triton" as well."""
 
+import os
 import subprocess
 import sys
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -274,6 +276,57 @@ def test_opcheck_under_interpreter(on_cpu, op_index, args):
     """The checks that can run under the interpreter; the fake-tensor and AOT ones run
     the Triton kernels on fake tensors, which the interpreter cannot (see the GPU test)."""
     torch.library.opcheck(TRITON_OPS[op_index], args, test_utils=("test_schema", "test_autograd_registration"))
+
+
+def trace_ops_on_fake_cuda_tensors():
+    """Trace each op like torch.compile's AOT stage does (aot_function, fake CUDA
+    tensors) and check that its graph holds the Triton kernels and gives the shapes of
+    fusedlstm.ops.FAKE_RULES. Needs no GPU, but compiled (not interpreted) kernels:
+    run by test_ops_trace_into_their_kernels in a process without TRITON_INTERPRET."""
+    from functorch.compile import aot_function, make_boxed_func
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    kept = {(0,), (1,), (2, "packed", True, True), (3, "packed", True, True), (2, "dense", False, False),
+            (3, "dense", False, False)}
+    for dtype, kernels_per_layer in ((torch.float32, 1), (torch.float64, 6)):  # persistent / per-step (T=6)
+        samples = opcheck_samples(dtype)
+        for (index, args), config in zip(samples, [(0,), (1,)] + [
+                (i, layout, proj, reverse) for layout, proj, reverse in LAYER_CONFIGS for i in (2, 2, 3, 3)]):
+            if config not in kept:
+                continue
+            mode, kernels = FakeTensorMode(), []
+            args = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+
+            def count_kernels(gm, example_inputs):
+                kernels.append(sum("triton_kernel_wrapper" in str(n.target) for n in gm.graph.nodes))
+                return make_boxed_func(gm.forward)
+
+            with mode:
+                fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+                fake = [a.to("cuda") if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in fake]
+                positions = [i for i, a in enumerate(fake) if isinstance(a, torch.Tensor)]
+
+                def call(*tensors):
+                    full = list(fake)
+                    for i, t in zip(positions, tensors):
+                        full[i] = t
+                    return TRITON_OPS[index](*full)
+
+                out = aot_function(call, fw_compiler=count_kernels)(*[fake[i] for i in positions])
+                expected = ops.FAKE_RULES[ops.CONTRACT[index]](*fake)
+            assert [tuple(o.shape) for o in out] == [tuple(e.shape) for e in expected], config
+            assert kernels == [1 if index < 2 else kernels_per_layer], (config, dtype, kernels)
+
+
+@pytest.mark.skipif(torch.version.cuda is None, reason="fake CUDA tensors need a CUDA build of torch")
+def test_ops_trace_into_their_kernels():
+    """The triton_op bodies trace with fake tensors (no data-dependent host code) into
+    graphs of Triton kernel launches, as torch.compile needs; checked without a GPU."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = "import test_triton; test_triton.trace_ops_on_fake_cuda_tensors()"
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
 
 
 @pytest.mark.skipif(ops.cpp is None, reason="fusedlstm._C is not built: no C++ schemas to compare")
