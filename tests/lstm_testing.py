@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from fusedlstm import backends, reference
+from fusedlstm import FusedLSTM, backends, reference
 
 # (backend, device) pairs of the parity suites. Every registered backend joins
 # on every device it can serve; unusable pairs are skipped with the reason.
@@ -156,11 +156,48 @@ def opcheck_samples(dtype=torch.float64, device="cpu"):
     return samples
 
 
-def assert_within_twice_torch_error(actual, torch_result, exact, what=""):
-    """The fp16/bf16 rule: the largest error of `actual` against `exact` (a float64 or
-    float32 result) is at most twice that of `torch_result`, PyTorch's own computation of
-    the same thing in the same low precision."""
-    exact = exact.double()
-    ours = (actual.double() - exact).abs().max().item()
-    theirs = (torch_result.double() - exact).abs().max().item()
-    assert ours <= 2 * theirs, f"{what}: error {ours:.3g} is more than twice PyTorch's own ({theirs:.3g})"
+# --- float16 / bfloat16: at most twice PyTorch's own error ------------------------------------
+
+def skip_unless_rounding_matches(backend: str, device: str, dtype) -> None:
+    """Skip bfloat16 under the Triton interpreter: it converts float32 to bfloat16 by
+    truncation (Triton 3.8), where GPUs round to nearest, so its bfloat16 results are not
+    the kernels' (layer gradients with up to 6x PyTorch's error were seen). The CUDA
+    tests run bfloat16 on the compiled kernels."""
+    if backend == "triton" and device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("the Triton interpreter rounds float32 to bfloat16 by truncation, unlike GPUs")
+
+
+def max_errors(results: dict, exact: dict) -> dict:
+    return {name: (value.double() - exact[name].double()).abs().max().item() for name, value in results.items()}
+
+
+def assert_error_at_most_twice_pytorchs(ours: dict, theirs: dict, exact: dict, dtype) -> None:
+    """For each result: our largest error against `exact` (float64 on the same rounded
+    inputs) is at most twice PyTorch's (`theirs`, computed in `dtype`), or one unit of
+    the format near 1, the floor below which both are rounding noise."""
+    ours, theirs = max_errors(ours, exact), max_errors(theirs, exact)
+    resolution = torch.finfo(dtype).eps
+    for name in exact:
+        assert ours[name] <= max(2 * theirs[name], resolution), (
+            f"{name}: error {ours[name]:.3g} vs PyTorch's {theirs[name]:.3g}")
+
+
+def check_reduced_precision(backend: str, device: str, dtype, kind: str, proj_size: int, *, T=12, B=5,
+                            I=24, H=40):
+    """FusedLSTM(backend) and nn.LSTM, both in `dtype` with the same (rounded) weights and
+    inputs, against nn.LSTM in float64 on those same rounded values, so that only
+    arithmetic error is compared (flash-attention's rule): outputs and every gradient."""
+    gen = torch.Generator().manual_seed(21)
+    config = dict(num_layers=2, bidirectional=True, proj_size=proj_size)
+    low = torch.nn.LSTM(I, H, **config, dtype=dtype).to(device)
+    exact = torch.nn.LSTM(I, H, **config, dtype=torch.float64).to(device)
+    exact.load_state_dict({k: v.double() for k, v in low.state_dict().items()})
+    fused = FusedLSTM.from_lstm(low, backend=backend)
+
+    leaf, to_input = make_input(kind, T, B, I, False, dtype, device, gen)
+    leaf64 = leaf.detach().double().requires_grad_()
+    reference = forward_backward(exact, leaf64, to_input, None, torch.Generator().manual_seed(3), dtype)
+    # Same loss weights in every run: drawn in float64, rounded for the low runs.
+    theirs = forward_backward(low, leaf, to_input, None, torch.Generator().manual_seed(3))
+    ours = forward_backward(fused, leaf, to_input, None, torch.Generator().manual_seed(3))
+    assert_error_at_most_twice_pytorchs(ours, theirs, reference, dtype)

@@ -22,17 +22,13 @@ pytest.importorskip("triton")
 from fusedlstm import FusedLSTM, backends, ops, reference  # noqa: E402
 from fusedlstm.triton import cell, layer, ops as triton_ops, persistent  # noqa: E402
 from fusedlstm.triton.steps import Steps  # noqa: E402
-from lstm_testing import (LAYER_CONFIGS, LAYER_IDS, assert_close, assert_within_twice_torch_error,  # noqa: E402
-                          cell_sample, forward_backward, grads_like, layer_sample, make_input,
-                          opcheck_samples, skip_unless_usable)
+from lstm_testing import (LAYER_CONFIGS, LAYER_IDS, assert_close, assert_error_at_most_twice_pytorchs,  # noqa: E402
+                          cell_sample, check_reduced_precision, forward_backward, grads_like, layer_sample,
+                          make_input, opcheck_samples, skip_unless_rounding_matches, skip_unless_usable)
 
 OPS = triton_ops.OPS
 TRITON_OPS = [OPS.cell_fwd, OPS.cell_bwd, OPS.layer_fwd, OPS.layer_bwd]
 LOW_PRECISION = [torch.bfloat16, torch.float16]
-# The interpreter (Triton 3.8) converts float32 to bfloat16 by truncation where GPUs
-# round to nearest: its bfloat16 results are not the GPU's, and its errors are up to
-# 6x PyTorch's (seen on the layer gradients). bfloat16 is tested on the GPU only.
-INTERPRETER_LOW_PRECISION = [torch.float16]
 
 
 @pytest.fixture
@@ -125,15 +121,18 @@ def test_cell_accepts_strided_inputs(on_cpu):
         assert_close(a, e, torch.float64)
 
 
-@pytest.mark.parametrize("dtype", INTERPRETER_LOW_PRECISION, ids=["f16"])
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=["bf16", "f16"])
 def test_cell_low_precision(on_cpu, dtype):
-    gates, c_prev = cell_sample(B=3, H=13)
-    exact = reference.lstm_cell_fwd(gates, c_prev)
-    ours = OPS.cell_fwd(*low((gates, c_prev), dtype))
-    theirs = reference.lstm_cell_fwd(*low((gates, c_prev), dtype))
-    for a, t, e, name in zip(ours, theirs, exact, ["h", "c", "act"]):
-        assert a.dtype == dtype
-        assert_within_twice_torch_error(a, t, e, name)
+    """Twice the error of the oracle run in `dtype` (which computes in float32 and rounds
+    its results, as the kernels do) against float64 on the same rounded inputs."""
+    skip_unless_rounding_matches("triton", "cpu", dtype)
+    gates, c_prev = low(cell_sample(B=3, H=13), dtype)
+    names = ["h", "c", "act"]
+    exact = dict(zip(names, reference.lstm_cell_fwd(gates.double(), c_prev.double())))
+    theirs = dict(zip(names, reference.lstm_cell_fwd(gates, c_prev)))
+    ours = dict(zip(names, OPS.cell_fwd(gates, c_prev)))
+    assert all(t.dtype == dtype for t in ours.values())
+    assert_error_at_most_twice_pytorchs(ours, theirs, exact, dtype)
 
 
 def test_cell_rows_on_device_leave_other_rows(on_cpu):
@@ -202,24 +201,6 @@ def test_layer_missing_grads_and_no_saving(on_cpu, implementation, layout, proj,
     assert unsaved[3].numel() == 0 and unsaved[4].numel() == 0
 
 
-@pytest.mark.parametrize("implementation", list(IMPLEMENTATIONS))
-@pytest.mark.parametrize("dtype", INTERPRETER_LOW_PRECISION, ids=["f16"])
-@pytest.mark.parametrize("layout,proj,reverse", [("packed", True, True), ("dense", False, False)],
-                         ids=["packed-proj-rev", "dense-noproj-fwd"])
-def test_layer_low_precision(on_cpu, implementation, dtype, layout, proj, reverse):
-    """Twice PyTorch's own error (the oracle run in `dtype`) against float64."""
-    args = layer_sample(layout, proj, reverse, H=13, P=7)
-    grads = grads_like(reference.lstm_layer_fwd(*args)[:3], 7)
-    exact = reference_layer(args, grads)
-    theirs = reference_layer(low(args, dtype), low(grads, dtype))
-    ours = run_layer(implementation, low(args, dtype), grads=low(grads, dtype))
-    for a, t, e, name in zip(ours[0] + ours[1], theirs[0] + theirs[1], exact[0] + exact[1],
-                             FWD_NAMES + BWD_NAMES):
-        if a is not None:
-            assert a.dtype == dtype, name
-            assert_within_twice_torch_error(a, t, e, name)
-
-
 # --- which implementation the layer ops run ---------------------------------------------------
 
 def test_persistent_size_limits():
@@ -267,6 +248,16 @@ def test_fused_lstm_on_each_implementation(on_cpu, monkeypatch, forced, dtype, k
     actual = forward_backward(fused, leaf, to_input, hx, torch.Generator().manual_seed(1))
     for name in expected:
         assert_close(actual[name], expected[name], dtype, name)
+
+
+@pytest.mark.parametrize("forced", ["per-step", "persistent"])
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=["bf16", "f16"])
+@pytest.mark.parametrize("kind", ["padded", "packed"])
+def test_reduced_precision_on_each_implementation(on_cpu, monkeypatch, forced, dtype, kind):
+    """test_reduced_precision's rule with the layer ops forced onto one implementation."""
+    skip_unless_rounding_matches("triton", "cpu", dtype)
+    monkeypatch.setattr(triton_ops, "fits", lambda H, P, dtype: forced == "persistent")
+    check_reduced_precision("triton", "cpu", dtype, kind, 8, T=6, B=3, I=5, H=13)
 
 
 # --- registration ---------------------------------------------------------------------------
@@ -399,22 +390,9 @@ GPU_IDS = [f"T{t}-B{b}-H{h}-P{p or h}-{k}" for t, b, _, h, p, k in GPU_CASES]
 @pytest.mark.parametrize("T,B,I,H,proj,kind", GPU_CASES, ids=GPU_IDS)
 def test_gpu_within_twice_cudnn_error(on_cuda, dtype, T, B, I, H, proj, kind):
     """Outputs and every gradient against a float64 nn.LSTM: at most twice the error of
-    nn.LSTM (cuDNN, TF32 off) in the same dtype."""
-    torch.manual_seed(0)
-    config = dict(num_layers=2, bidirectional=True, proj_size=proj, batch_first=True, device="cuda")
-    exact_lstm = nn.LSTM(I, H, **config, dtype=torch.float64)
-    cudnn_lstm = nn.LSTM(I, H, **config, dtype=dtype)
-    cudnn_lstm.load_state_dict(exact_lstm.state_dict())
-    fused = FusedLSTM.from_lstm(cudnn_lstm, backend="triton")
-    leaf, to_input = make_input(kind, T, B, I, True, torch.float64, "cuda", torch.Generator().manual_seed(1))
-    low_leaf = leaf.detach().to(dtype).requires_grad_()
+    nn.LSTM (cuDNN, TF32 off) in the same dtype (lstm_testing.check_reduced_precision)."""
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-        exact = forward_backward(exact_lstm, leaf, to_input, None, torch.Generator().manual_seed(2))
-        theirs = forward_backward(cudnn_lstm, low_leaf, to_input, None, torch.Generator().manual_seed(2))
-    ours = forward_backward(fused, low_leaf, to_input, None, torch.Generator().manual_seed(2))
-    for name in exact:
-        assert ours[name].dtype == dtype, name
-        assert_within_twice_torch_error(ours[name], theirs[name], exact[name], name)
+        check_reduced_precision("triton", "cuda", dtype, kind, proj, T=T, B=B, I=I, H=H)
 
 
 @pytest.mark.cuda
