@@ -189,7 +189,9 @@ def check_reduced_precision(backend: str, device: str, dtype, kind: str, proj_si
     arithmetic error is compared (flash-attention's rule): outputs and every gradient."""
     gen = torch.Generator().manual_seed(21)
     config = dict(num_layers=2, bidirectional=True, proj_size=proj_size)
-    low = torch.nn.LSTM(I, H, **config, dtype=dtype).to(device)
+    with torch.random.fork_rng(devices=[]):  # the same weights whatever ran before
+        torch.manual_seed(22)
+        low = torch.nn.LSTM(I, H, **config, dtype=dtype).to(device)
     exact = torch.nn.LSTM(I, H, **config, dtype=torch.float64).to(device)
     exact.load_state_dict({k: v.double() for k, v in low.state_dict().items()})
     fused = FusedLSTM.from_lstm(low, backend=backend)

@@ -1,6 +1,7 @@
-"""The Triton backend: its cell kernels, per-step layer and persistent layer
-against the reference oracle and nn.LSTM; the op-level choice between the two
-layers; the ops' registration; and the same at real sizes on a GPU.
+"""The Triton backend: its cell kernels and its three layer implementations
+(per-step, persistent, streamed) against the reference oracle and nn.LSTM;
+the layer ops' choice among them; the ops' registration and tracing; and the
+same at real sizes on a GPU.
 
 Without a GPU these run through Triton's interpreter on CPU tensors
 (tests/conftest.py sets TRITON_INTERPRET=1 there), so shapes stay small. The
@@ -20,7 +21,7 @@ from torch import nn
 pytest.importorskip("triton")
 
 from fusedlstm import FusedLSTM, backends, ops, reference  # noqa: E402
-from fusedlstm.triton import cell, layer, ops as triton_ops, persistent  # noqa: E402
+from fusedlstm.triton import cell, layer, ops as triton_ops, persistent, streamed  # noqa: E402
 from fusedlstm.triton.steps import Steps  # noqa: E402
 from lstm_testing import (LAYER_CONFIGS, LAYER_IDS, assert_close, assert_error_at_most_twice_pytorchs,  # noqa: E402
                           cell_sample, check_reduced_precision, forward_backward, grads_like, layer_sample,
@@ -46,10 +47,11 @@ def low(args, dtype):
     return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
 
 
-# The two layer implementations, called directly (the layer ops pick one).
+# The layer implementations, called directly (the layer ops pick one).
 IMPLEMENTATIONS = {
     "per-step": (layer.lstm_layer_fwd, layer.lstm_layer_bwd),
     "persistent": (persistent.lstm_persistent_fwd, persistent.lstm_persistent_bwd),
+    "streamed": (streamed.lstm_streamed_fwd, streamed.lstm_streamed_bwd),
 }
 
 
@@ -159,7 +161,7 @@ def test_cell_rows_on_device_leave_other_rows(on_cpu):
     assert torch.equal(dc[2:], grad_c[2:])
 
 
-# --- the two layer implementations ----------------------------------------------------------
+# --- the layer implementations ----------------------------------------------------------
 
 @pytest.mark.parametrize("implementation", list(IMPLEMENTATIONS))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -203,42 +205,46 @@ def test_layer_missing_grads_and_no_saving(on_cpu, implementation, layout, proj,
 
 # --- which implementation the layer ops run ---------------------------------------------------
 
-def test_persistent_size_limits():
-    fits = persistent.fits
-    assert fits(128, 128, torch.bfloat16) and fits(128, 128, torch.float16)
-    assert not fits(129, 129, torch.bfloat16) and not fits(256, 256, torch.float16)
-    assert fits(64, 64, torch.float32) and not fits(65, 65, torch.float32)
-    assert not fits(16, 16, torch.float64)  # no float64 tl.dot on every target
-    assert fits(128, 64, torch.bfloat16) and not fits(200, 64, torch.bfloat16)  # projection: max(H, P)
+@pytest.mark.parametrize("H,P,dtype,expected", [
+    (128, 128, torch.bfloat16, "persistent"), (128, 128, torch.float16, "persistent"),
+    (129, 129, torch.bfloat16, "streamed"), (256, 256, torch.float16, "streamed"),
+    (257, 257, torch.bfloat16, "per-step"),
+    (64, 64, torch.float32, "persistent"), (65, 65, torch.float32, "streamed"),
+    (256, 128, torch.float32, "streamed"), (512, 256, torch.float32, "per-step"),
+    (16, 16, torch.float64, "per-step"),                        # cuBLAS for float64
+    (128, 64, torch.bfloat16, "persistent"), (200, 64, torch.bfloat16, "streamed"),  # max(H, P) counts
+])
+def test_layer_implementation_rule(H, P, dtype, expected):
+    assert triton_ops.layer_implementation(H, P, dtype) == expected
 
 
 @pytest.mark.parametrize("dtype,H,expected", [(torch.float32, 13, "persistent"), (torch.float64, 13, "per-step"),
-                                              (torch.float32, 65, "per-step")],
-                         ids=["f32-H13", "f64-H13", "f32-H65"])
-def test_layer_op_picks_implementation(on_cpu, monkeypatch, dtype, H, expected):
+                                              (torch.float32, 65, "streamed"), (torch.float32, 257, "per-step")],
+                         ids=["f32-H13", "f64-H13", "f32-H65", "f32-H257"])
+def test_layer_op_runs_the_chosen_implementation(on_cpu, monkeypatch, dtype, H, expected):
     calls = []
-    for implementation, (fwd_name, bwd_name, module) in {
-            "persistent": ("lstm_persistent_fwd", "lstm_persistent_bwd", triton_ops),
-            "per-step": ("per_step_fwd", "per_step_bwd", triton_ops)}.items():
-        for name in (fwd_name, bwd_name):
-            original = getattr(module, name)
-            monkeypatch.setattr(module, name, lambda *a, _f=original, _i=implementation: calls.append(_i) or _f(*a))
+    for implementation, names in {"persistent": ("lstm_persistent_fwd", "lstm_persistent_bwd"),
+                                  "streamed": ("lstm_streamed_fwd", "lstm_streamed_bwd"),
+                                  "per-step": ("per_step_fwd", "per_step_bwd")}.items():
+        for name in names:
+            original = getattr(triton_ops, name)
+            monkeypatch.setattr(triton_ops, name,
+                                lambda *a, _f=original, _i=implementation: calls.append(_i) or _f(*a))
     args = layer_sample("packed", False, False, dtype, H=H, lengths=(2, 1))
     x_proj = args[0].clone().requires_grad_()
     out, h_n, c_n = OPS.layer(x_proj, *args[1:])
     (out.sum() + h_n.sum()).backward()
     assert calls == [expected, expected]
-    expected_out = reference.lstm_layer_fwd(*args)[0]
-    assert_close(out, expected_out, dtype, "output")
+    assert_close(out, reference.lstm_layer_fwd(*args)[0], dtype, "output")
 
 
-@pytest.mark.parametrize("forced", ["per-step", "persistent"])
+@pytest.mark.parametrize("forced", list(IMPLEMENTATIONS))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("kind", ["padded", "packed"])
 def test_fused_lstm_on_each_implementation(on_cpu, monkeypatch, forced, dtype, kind):
     """FusedLSTM(backend="triton") matches nn.LSTM with the layer ops forced onto one
     implementation (the parity suite covers the ops' own choice)."""
-    monkeypatch.setattr(triton_ops, "fits", lambda H, P, dtype: forced == "persistent")
+    monkeypatch.setattr(triton_ops, "layer_implementation", lambda H, P, dtype: forced)
     gen = torch.Generator().manual_seed(zlib.crc32(repr((forced, kind)).encode()))
     expected_lstm = nn.LSTM(4, 9, num_layers=2, bidirectional=True, proj_size=3, dtype=dtype)
     fused = FusedLSTM.from_lstm(expected_lstm, backend="triton")
@@ -250,14 +256,14 @@ def test_fused_lstm_on_each_implementation(on_cpu, monkeypatch, forced, dtype, k
         assert_close(actual[name], expected[name], dtype, name)
 
 
-@pytest.mark.parametrize("forced", ["per-step", "persistent"])
+@pytest.mark.parametrize("forced", list(IMPLEMENTATIONS))
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=["bf16", "f16"])
 @pytest.mark.parametrize("kind", ["padded", "packed"])
 def test_reduced_precision_on_each_implementation(on_cpu, monkeypatch, forced, dtype, kind):
     """test_reduced_precision's rule with the layer ops forced onto one implementation."""
     skip_unless_rounding_matches("triton", "cpu", dtype)
-    monkeypatch.setattr(triton_ops, "fits", lambda H, P, dtype: forced == "persistent")
-    check_reduced_precision("triton", "cpu", dtype, kind, 8, T=6, B=3, I=5, H=13)
+    monkeypatch.setattr(triton_ops, "layer_implementation", lambda H, P, dtype: forced)
+    check_reduced_precision("triton", "cpu", dtype, kind, 8)
 
 
 # --- registration ---------------------------------------------------------------------------
@@ -270,16 +276,29 @@ def test_opcheck_under_interpreter(on_cpu, op_index, args):
 
 
 def trace_ops_on_fake_cuda_tensors():
-    """Trace each op like torch.compile's AOT stage does (aot_function, fake CUDA
-    tensors) and check that its graph holds the Triton kernels and gives the shapes of
-    fusedlstm.ops.FAKE_RULES. Needs no GPU, but compiled (not interpreted) kernels:
-    run by test_ops_trace_into_their_kernels in a process without TRITON_INTERPRET."""
+    """Check that torch finds each op's kernels, and trace each op like torch.compile's
+    AOT stage does (aot_function, fake CUDA tensors): its graph holds the Triton kernels
+    and gives the shapes of fusedlstm.ops.FAKE_RULES. Needs no GPU, but compiled (not
+    interpreted) kernels: run by test_ops_trace_into_their_kernels in a process without
+    TRITON_INTERPRET."""
     from functorch.compile import aot_function, make_boxed_func
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    kernels_of = {name: {k.fn.__name__ for k in torch._library.triton.get_triton_kernels_for_op(
+        f"fusedlstm::triton_lstm_{name}")} for name in ("cell_fwd", "layer_fwd", "layer_bwd")}
+    assert kernels_of["cell_fwd"] == {"_lstm_cell_fwd_kernel"}
+    for direction in ("fwd", "bwd"):  # found by torch, for its compile cache keys
+        assert kernels_of[f"layer_{direction}"] == {f"_lstm_{kind}_{direction}_kernel"
+                                                    for kind in ("cell", "persistent", "streamed")}
+
     kept = {(0,), (1,), (2, "packed", True, True), (3, "packed", True, True), (2, "dense", False, False),
             (3, "dense", False, False)}
-    for dtype, kernels_per_layer in ((torch.float32, 1), (torch.float64, 6)):  # persistent / per-step (T=6)
+    chosen = triton_ops.layer_implementation
+    # (dtype, implementation, launches per layer call): the ops' own choice, persistent for
+    # float32 and per-step (T = 6 launches) for float64, then the streamed kernel forced.
+    for dtype, forced, kernels_per_layer in ((torch.float32, None, 1), (torch.float64, None, 6),
+                                             (torch.float32, "streamed", 1)):
+        triton_ops.layer_implementation = chosen if forced is None else (lambda H, P, dtype, _f=forced: _f)
         samples = opcheck_samples(dtype)
         for (index, args), config in zip(samples, [(0,), (1,)] + [
                 (i, layout, proj, reverse) for layout, proj, reverse in LAYER_CONFIGS for i in (2, 2, 3, 3)]):
@@ -330,9 +349,9 @@ def test_schemas_are_the_contracts(name):
     assert [str(r.type) for r in ours.returns] == [str(r.type) for r in contract.returns]
 
 
-@pytest.mark.parametrize("forced", ["per-step", "persistent"])
+@pytest.mark.parametrize("forced", list(IMPLEMENTATIONS))
 def test_gradcheck_layer_op(on_cpu, monkeypatch, forced):
-    monkeypatch.setattr(triton_ops, "fits", lambda H, P, dtype: forced == "persistent")
+    monkeypatch.setattr(triton_ops, "layer_implementation", lambda H, P, dtype: forced)
     x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse = layer_sample("packed", True, True, H=3, P=2,
                                                                     lengths=(3, 1))
     inputs = [t.requires_grad_() for t in (x_proj, w_hh, h0, c0, w_hr)]

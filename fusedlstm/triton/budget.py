@@ -1,13 +1,14 @@
-"""On-chip budget of the persistent kernel, measured without a GPU.
+"""On-chip budget of the persistent kernels, measured without a GPU.
 
-Compiles the persistent forward and backward kernels ahead of time for an
+Compiles the forward and backward kernels of persistent.py (or, with
+--kernel streamed, streamed.py) ahead of time for an
 NVIDIA target (default sm_90, H100/H200) with the installed Triton, and
 reports what ptxas allotted: registers per thread, spilled bytes (local
 memory), and shared memory per program. A configuration that spills or
 needs more shared memory than the SM offers is outside what the kernel
 should serve; persistent.SIZE_LIMITS is set from this table.
 
-    python -m fusedlstm.triton.budget [--arch 90] [--sizes 32 64 128 256]
+    python -m fusedlstm.triton.budget [--kernel streamed] [--arch 90] [--sizes 32 64 128 256]
 
 Needs Triton's NVIDIA backend (the pip wheel ships ptxas and cuobjdump), not
 a GPU, and must run without TRITON_INTERPRET=1. Compiling is slow (seconds
@@ -30,45 +31,60 @@ MAX_REGISTERS = 255
 _DTYPES = ("bf16", "fp16", "fp32", "fp64")
 
 
-def _signature(kernel, pointer_type: str, constexprs: dict) -> dict:
+_STATE_BUFFERS = ("c_buf_ptr", "dh_buf_ptr", "dc_buf_ptr")  # the streamed kernel's float32 / float64 state
+
+
+def _signature(kernel, dtype: str, constexprs: dict) -> dict:
     signature = {}
     for name in kernel.arg_names:
         if name in constexprs:
             signature[name] = "constexpr"
+        elif name in ("sizes_ptr", "offsets_ptr"):
+            signature[name] = "*i32"
+        elif name in _STATE_BUFFERS:
+            signature[name] = "*fp64" if dtype == "fp64" else "*fp32"
         elif name.endswith("_ptr"):
-            signature[name] = "*i32" if name in ("sizes_ptr", "offsets_ptr") else pointer_type
+            signature[name] = "*" + dtype
         else:
             signature[name] = "i32"
     return signature
 
 
-def compile_report(which: str, dtype: str, H: int, P: int, proj: bool, arch: int,
+def compile_report(kernel_name: str, which: str, dtype: str, H: int, P: int, proj: bool, arch: int,
                    warps: int | None = None) -> dict:
-    """Compile one persistent kernel; -> registers, spilled bytes, shared bytes."""
+    """Compile the forward or backward kernel of persistent.py or streamed.py
+    -> registers, spilled bytes, shared bytes, num_warps."""
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from . import persistent
+    from . import persistent, streamed
 
-    kernel = persistent._lstm_persistent_fwd_kernel if which == "fwd" else persistent._lstm_persistent_bwd_kernel
-    block_h, block_p = persistent._blocks(H, P)
+    module = persistent if kernel_name == "persistent" else streamed
+    kernel = getattr(module, f"_lstm_{kernel_name}_{which}_kernel")
     data = {"bf16": tl.bfloat16, "fp16": tl.float16, "fp32": tl.float32, "fp64": tl.float64}[dtype]
     constexprs = dict(HAS_PROJ=proj, PACKED=True, REVERSE=False, DOT=data,
-                      MATH=tl.float64 if dtype == "fp64" else tl.float32,
-                      BLOCK_B=persistent.BLOCK_B, BLOCK_H=block_h, BLOCK_P=block_p)
+                      MATH=tl.float64 if dtype == "fp64" else tl.float32, BLOCK_B=persistent.BLOCK_B)
+    if kernel_name == "persistent":
+        block_h, block_p = persistent._blocks(H, P)
+        constexprs.update(BLOCK_H=block_h, BLOCK_P=block_p)
+        default_warps = persistent.num_warps(block_h, block_p)
+    else:
+        constexprs.update(BLOCK_J=streamed.BLOCK_J, BLOCK_K=streamed.BLOCK_K)
+        default_warps = 4  # Triton's default, what the launcher uses
     if which == "fwd":
         constexprs["SAVE"] = True
     else:
-        constexprs.update(HAS_GO=True, HAS_DH_N=True, HAS_DC_N=True)
+        constexprs["HAS_GO"] = True
+        if kernel_name == "persistent":
+            constexprs.update(HAS_DH_N=True, HAS_DC_N=True)
     if not proj:
         constexprs["w_hr_ptr"] = None
-        if which == "bwd":
-            constexprs["dh_out_ptr"] = None
-    source = ASTSource(fn=kernel, signature=_signature(kernel, "*" + dtype, constexprs),
-                       constexprs=constexprs)
-    num_warps = warps or persistent.num_warps(block_h, block_p)
+        constexprs["hr_buf_ptr" if which == "fwd" else "dh_out_ptr"] = None
+    constexprs = {k: v for k, v in constexprs.items() if k in kernel.arg_names}
+    source = ASTSource(fn=kernel, signature=_signature(kernel, dtype, constexprs), constexprs=constexprs)
+    num_warps = warps or default_warps
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
@@ -88,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", nargs="+", default=list(_DTYPES[:3]), choices=_DTYPES)
     parser.add_argument("--proj", action="store_true", help="with a projection, P = H / 2")
     parser.add_argument("--warps", type=int, help="num_warps (default: the kernel's choice)")
+    parser.add_argument("--kernel", choices=["persistent", "streamed"], default="persistent")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("fusedlstm.triton.budget: unset TRITON_INTERPRET; the interpreter compiles nothing")
@@ -101,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             P = H // 2 if args.proj else H
             for which in ("fwd", "bwd"):
                 try:
-                    r = compile_report(which, dtype, H, P, args.proj, args.arch, args.warps)
+                    r = compile_report(args.kernel, which, dtype, H, P, args.proj, args.arch, args.warps)
                 except Exception as exc:  # a compiler failure is a result here: report it, go on
                     print(f"{which:6} {dtype:5} {H:>4} {P:>4}  compile failed: {type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''}")

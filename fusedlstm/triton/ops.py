@@ -11,13 +11,15 @@ batch_sizes goes to the kernels as a device tensor (steps.py), and its
 values are checked on real tensors only. The autograd formula is the one
 every backend shares (fusedlstm.ops.register_autograd).
 
-Which layer implementation runs (decided from shapes and dtype alone, so
-the traced graph is fixed for a given configuration):
-  persistent.py  one launch per layer and direction, W_hh on chip, when
-                 persistent.fits(H, P, dtype): max(H, P) <= 128 for
-                 fp16/bf16 and <= 64 for fp32 (ptxas budget for sm_90,
-                 see persistent.py); never for float64.
-  layer.py       per step: one addmm and one fused cell kernel; any size.
+Which layer implementation runs (`layer_implementation`, from shapes and
+dtype alone, so the traced graph is fixed for a given configuration):
+  "persistent"  persistent.py: one launch per layer and direction, W_hh on
+                chip, when max(H, P) <= 128 for fp16/bf16, <= 64 for fp32
+                (what ptxas fits on an sm_90 SM, see persistent.py);
+  "streamed"    streamed.py: one launch, W_hh read from L2 every step, for
+                the other fp16/bf16/fp32 sizes up to max(H, P) = 256;
+  "per-step"    layer.py: per step one addmm and one fused cell kernel, for
+                larger sizes and for float64 (cuBLAS products).
 """
 
 from __future__ import annotations
@@ -34,12 +36,22 @@ from .checks import check_cell_bwd_args, check_cell_fwd_args, check_layer_args, 
 from .launch import is_interpreted
 from .layer import lstm_layer_bwd as per_step_bwd
 from .layer import lstm_layer_fwd as per_step_fwd
-from .persistent import fits, lstm_persistent_bwd, lstm_persistent_fwd
+from . import persistent, streamed
+from .persistent import lstm_persistent_bwd, lstm_persistent_fwd
 from .steps import Steps
+from .streamed import lstm_streamed_bwd, lstm_streamed_fwd
 
 INTERPRETED = is_interpreted(_lstm_cell_fwd_kernel)
 """True when the kernels were made by the Triton interpreter (TRITON_INTERPRET=1
 at import): they then run on CPU tensors."""
+
+def layer_implementation(H: int, P: int, dtype) -> str:
+    """The layer ops' choice for hidden size H, output size P and dtype."""
+    if persistent.fits(H, P, dtype):
+        return "persistent"
+    if streamed.fits(H, P, dtype):
+        return "streamed"
+    return "per-step"
 
 
 @triton_op("fusedlstm::triton_lstm_cell_fwd", mutates_args=())
@@ -62,8 +74,15 @@ def lstm_layer_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: O
                    save_for_backward: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     s = check_layer_args(x_proj, w_hh, h0, c0, w_hr, batch_sizes, INTERPRETED)
     steps = Steps(batch_sizes, s.T, s.B, s.rows, reverse, x_proj.device)
-    run = lstm_persistent_fwd if fits(s.H, s.P, x_proj.dtype) else per_step_fwd
-    return run(x_proj, w_hh, h0, c0, w_hr, steps, save_for_backward)
+    args = (x_proj, w_hh, h0, c0, w_hr, steps, save_for_backward)
+    # Called by name, each in its own branch: torch finds a triton_op's kernels
+    # (for its compile cache keys) by following calls of plain names.
+    implementation = layer_implementation(s.H, s.P, x_proj.dtype)
+    if implementation == "persistent":
+        return lstm_persistent_fwd(*args)
+    if implementation == "streamed":
+        return lstm_streamed_fwd(*args)
+    return per_step_fwd(*args)
 
 
 @triton_op("fusedlstm::triton_lstm_layer_bwd", mutates_args=())
@@ -75,9 +94,15 @@ def lstm_layer_bwd(grad_output: Optional[Tensor], grad_h_n: Optional[Tensor],
     s = check_layer_bwd_args(grad_output, grad_h_n, grad_c_n, w_hh, h0, c0, w_hr, batch_sizes,
                              output, acts, cells, INTERPRETED)
     steps = Steps(batch_sizes, s.T, s.B, s.rows, reverse, acts.device)
-    run = lstm_persistent_bwd if fits(s.H, s.P, acts.dtype) else per_step_bwd
-    grad_x, grad_w_hh, grad_h0, grad_c0, grad_w_hr = run(
-        grad_output, grad_h_n, grad_c_n, w_hh, h0, c0, w_hr, steps, output, acts, cells)
+    args = (grad_output, grad_h_n, grad_c_n, w_hh, h0, c0, w_hr, steps, output, acts, cells)
+    implementation = layer_implementation(s.H, s.P, acts.dtype)
+    if implementation == "persistent":
+        grads = lstm_persistent_bwd(*args)
+    elif implementation == "streamed":
+        grads = lstm_streamed_bwd(*args)
+    else:
+        grads = per_step_bwd(*args)
+    grad_x, grad_w_hh, grad_h0, grad_c0, grad_w_hr = grads
     if grad_w_hr is None:
         grad_w_hr = acts.new_empty(0)
     return grad_x, grad_w_hh, grad_h0, grad_c0, grad_w_hr

@@ -45,15 +45,27 @@ Backward (one launch, same ownership)
 
 On-chip budget and the size limit
     The weights held per program are 4HP (+ PH with a projection) elements:
-    at H = P = 64, 32 KiB in fp16/bf16 and 64 KiB in fp32; at 128, 128 /
-    256 KiB. An H100/H200 SM has 228 KiB of shared memory (227 KiB per
-    block) and 256 KiB of registers (at most 255 per thread). Triton places
-    the loaded weights in registers (dot operands) or shared memory; which
-    one, and whether it spills, the compiler decides. `fits` gives the
-    sizes this kernel serves, from ptxas's resource report for sm_90
-    (`python -m fusedlstm.triton.budget`, which needs no GPU; see the
-    limits table in SIZE_LIMITS). Float64 always takes the per-step path:
-    tl.dot has no float64 path on every Triton 3.6-3.8 GPU target.
+    at H = P = 64, 32 KiB in fp16/bf16 and 64 KiB in fp32; at 128, 128 and
+    256 KiB; at 256, 512 KiB and 1 MiB. An H100/H200 SM has 228 KiB of
+    shared memory (227 KiB per block) and 64K 32-bit registers (at most 255
+    per thread). Triton decides where the weight blocks live; ptxas's report
+    for sm_90 (Triton 3.8, `python -m fusedlstm.triton.budget`, no GPU
+    needed; 2026-11-28) shows that it stages them through shared memory and
+    that shared memory is the limit. Registers / shared KiB per program, fwd
+    and bwd, no spills anywhere:
+
+        dtype      max(H, P)=64         128                   256
+        fp16/bf16  191/37, 190/43       255/137, 255/149      -/525, -/549  too big
+        fp32       255/73, 210/117      32/273, 48/361 too big
+        (with a projection, P = H/2: bf16 H=128 198/87, 254/101; fp32 H=128
+         bwd 261 KiB, too big)
+
+    So SIZE_LIMITS: max(H, P) <= 128 for 2-byte data (8 warps above 64),
+    <= 64 for fp32. Larger sizes go to the streamed kernel (streamed.py),
+    which reads the weights from L2 every step instead. Float64 always takes
+    the per-step path (cuBLAS): tl.dot compiles float64 with Triton 3.8 for
+    sm_90 (seen up to H = 32 in the report) but that is unverified for
+    Triton 3.6, and float64 is for checking, not speed.
 
 Performance is not measured here: no GPU was available while this was
 written. The interpreter (TRITON_INTERPRET=1) checks correctness only.
@@ -73,17 +85,20 @@ from .steps import Steps, weight_gradients
 BLOCK_B = 16  # batch rows per program; tl.dot needs every dimension >= 16
 
 # Largest max(H, P) the persistent kernel serves, per element size of the
-# data (bytes), and num_warps. Measured with ptxas for sm_90 (Triton 3.8):
-# see `python -m fusedlstm.triton.budget` and the module docstring.
+# data in bytes: what fits an sm_90 SM's shared memory by ptxas's report
+# (`python -m fusedlstm.triton.budget`, table in the module docstring).
 SIZE_LIMITS = {2: 128, 4: 64}
 
 
 def num_warps(block_h: int, block_p: int) -> int:
+    """4 warps up to 64-wide tiles, 8 for 128-wide ones (four times the
+    work per step). Both compile without spills at 128 (ptxas, sm_90);
+    which is faster is not measured: no GPU timed this yet."""
     return 4 if max(block_h, block_p) <= 64 else 8
 
 
 @triton.jit
-def _step_rows(t, sizes_ptr, offsets_ptr, B, PACKED: tl.constexpr):
+def step_rows(t, sizes_ptr, offsets_ptr, B, PACKED: tl.constexpr):
     """(first row, number of rows) of step t."""
     if PACKED:
         return tl.load(offsets_ptr + t), tl.load(sizes_ptr + t)
@@ -92,7 +107,7 @@ def _step_rows(t, sizes_ptr, offsets_ptr, B, PACKED: tl.constexpr):
 
 
 @triton.jit
-def _step_of(k, T, REVERSE: tl.constexpr):
+def step_of(k, T, REVERSE: tl.constexpr):
     """The step processed k-th."""
     if REVERSE:
         return T - 1 - k
@@ -135,8 +150,8 @@ def _lstm_persistent_fwd_kernel(
     c = tl.load(c0_ptr + b[None, :] * H + j[:, None], mask=jm[:, None] & in_batch[None, :],
                 other=0.0).to(MATH)
     for k in range(T):
-        t = _step_of(k, T, REVERSE)
-        first, n = _step_rows(t, sizes_ptr, offsets_ptr, B, PACKED)
+        t = step_of(k, T, REVERSE)
+        first, n = step_rows(t, sizes_ptr, offsets_ptr, B, PACKED)
         active = b < n
         row = (first + b).to(tl.int64)                        # packed row of each batch row
         mh = jm[:, None] & active[None, :]
@@ -214,9 +229,9 @@ def _lstm_persistent_bwd_kernel(
 
     for kk in range(T):
         k = T - 1 - kk                                        # processing index, last first
-        t = _step_of(k, T, REVERSE)
-        first, n = _step_rows(t, sizes_ptr, offsets_ptr, B, PACKED)
-        first_prev, n_prev = _step_rows(_step_of(tl.maximum(k - 1, 0), T, REVERSE),
+        t = step_of(k, T, REVERSE)
+        first, n = step_rows(t, sizes_ptr, offsets_ptr, B, PACKED)
+        first_prev, n_prev = step_rows(step_of(tl.maximum(k - 1, 0), T, REVERSE),
                                         sizes_ptr, offsets_ptr, B, PACKED)
         active = b < n
         from_prev = (b < n_prev) & (k > 0)                    # else the row starts from c0
