@@ -276,20 +276,12 @@ def test_opcheck_under_interpreter(on_cpu, op_index, args):
 
 
 def trace_ops_on_fake_cuda_tensors():
-    """Check that torch finds each op's kernels, and trace each op like torch.compile's
-    AOT stage does (aot_function, fake CUDA tensors): its graph holds the Triton kernels
-    and gives the shapes of fusedlstm.ops.FAKE_RULES. Needs no GPU, but compiled (not
-    interpreted) kernels: run by test_ops_trace_into_their_kernels in a process without
-    TRITON_INTERPRET."""
+    """Trace each op like torch.compile's AOT stage does (aot_function, fake CUDA
+    tensors) and check that its graph holds the Triton kernels and gives the shapes of
+    fusedlstm.ops.FAKE_RULES. Needs no GPU, but compiled (not interpreted) kernels:
+    run by test_ops_trace_into_their_kernels in a process without TRITON_INTERPRET."""
     from functorch.compile import aot_function, make_boxed_func
     from torch._subclasses.fake_tensor import FakeTensorMode
-
-    kernels_of = {name: {k.fn.__name__ for k in torch._library.triton.get_triton_kernels_for_op(
-        f"fusedlstm::triton_lstm_{name}")} for name in ("cell_fwd", "layer_fwd", "layer_bwd")}
-    assert kernels_of["cell_fwd"] == {"_lstm_cell_fwd_kernel"}
-    for direction in ("fwd", "bwd"):  # found by torch, for its compile cache keys
-        assert kernels_of[f"layer_{direction}"] == {f"_lstm_{kind}_{direction}_kernel"
-                                                    for kind in ("cell", "persistent", "streamed")}
 
     kept = {(0,), (1,), (2, "packed", True, True), (3, "packed", True, True), (2, "dense", False, False),
             (3, "dense", False, False)}

@@ -76,7 +76,8 @@ def lstm_layer_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: O
     steps = Steps(batch_sizes, s.T, s.B, s.rows, reverse, x_proj.device)
     args = (x_proj, w_hh, h0, c0, w_hr, steps, save_for_backward)
     # Called by name, each in its own branch: torch finds a triton_op's kernels
-    # (for its compile cache keys) by following calls of plain names.
+    # (for its compile cache keys) by following calls of plain names (torch
+    # 2.14 finds all six of the layer ops this way; older releases look less deep).
     implementation = layer_implementation(s.H, s.P, x_proj.dtype)
     if implementation == "persistent":
         return lstm_persistent_fwd(*args)
