@@ -2,8 +2,12 @@
 
     "cpu"        C++ kernels, CPU tensors
     "cuda"       CUDA C++ kernels, CUDA tensors (when compiled in)
+    "triton"     Triton kernels (fusedlstm.triton), CUDA tensors when triton is
+                 importable; CPU tensors too under the Triton interpreter
+                 (TRITON_INTERPRET=1 set before fusedlstm.triton is imported)
     "reference"  plain PyTorch (fusedlstm.reference), any device
-    "auto"       "cpu" for CPU tensors; "cuda", else "reference", for CUDA ones
+    "auto"       "cpu" for CPU tensors; "cuda", else "triton", else "reference",
+                 for CUDA ones
 
 FUSEDLSTM_BACKEND, when set, replaces "auto" for modules created afterwards.
 Each backend offers `cell(gates, c_prev) -> (h, c)` and
@@ -13,6 +17,7 @@ both differentiable.
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -56,9 +61,36 @@ def _cuda_unavailable(device_type: str) -> str | None:
     return None
 
 
+def _interpreter_requested() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "off", "no")
+
+
+def _triton_ops():
+    # Imported here, never at `import fusedlstm`: importing triton is slow
+    # and the kernels' form (compiled or interpreted) is fixed at import.
+    return importlib.import_module("fusedlstm.triton.ops")
+
+
+def _triton_unavailable(device_type: str) -> str | None:
+    if device_type not in ("cuda", "cpu"):
+        return f"the triton backend runs on CUDA tensors, not {device_type}"
+    if device_type == "cpu" and not _interpreter_requested():
+        return ("the triton backend runs on CPU tensors only under the Triton interpreter: "
+                "set TRITON_INTERPRET=1 before fusedlstm.triton is imported")
+    try:
+        triton_ops = _triton_ops()
+    except ImportError as exc:
+        return f"triton cannot be imported ({exc})"
+    if device_type == "cpu" and not triton_ops.INTERPRETED:
+        return ("TRITON_INTERPRET=1 was set after fusedlstm.triton was imported, so its kernels "
+                "were made for GPUs; set it before the import")
+    return None
+
+
 BACKENDS: dict[str, Backend] = {
     "cpu": Backend("cpu", _cpu_unavailable, lambda: ops.cpp),
     "cuda": Backend("cuda", _cuda_unavailable, lambda: ops.cpp),
+    "triton": Backend("triton", _triton_unavailable, lambda: _triton_ops().OPS),
     "reference": Backend("reference", lambda device_type: None,
                          lambda: SimpleNamespace(cell=reference.lstm_cell, layer=reference.lstm_layer)),
 }
@@ -68,7 +100,7 @@ _AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "referenc
 
 
 def register(backend: Backend) -> None:
-    """Add a backend (the Triton backend registers itself this way)."""
+    """Add a backend, or replace one of the same name."""
     BACKENDS[backend.name] = backend
 
 

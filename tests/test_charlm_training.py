@@ -85,7 +85,7 @@ def test_learning_rate_warms_up_then_decays_to_its_floor():
 def test_nn_lstm_and_bf16_runs_use_the_same_training_code(corpus, tmp_path, one_thread):
     path, _ = corpus
     for name, overrides in (("nn", dict(lstm_impl="nn")), ("bf16", dict(precision="bf16"))):
-        result = train(tiny_config(path, tmp_path / name, max_steps=40, eval_interval=20, **overrides),
+        train(tiny_config(path, tmp_path / name, max_steps=40, eval_interval=20, **overrides),
                        progress=False)
         (first, *_, last) = losses(tmp_path / name)
         assert last[2] < first[2] < math.log(len(set(path.read_text()))), name

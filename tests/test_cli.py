@@ -5,14 +5,16 @@ import sys
 
 import torch
 
-from fusedlstm import cli, ops
+from fusedlstm import backends, cli, ops
 
 
 def test_info_reports_versions_and_backends(capsys):
     assert cli.main(["info"]) == 0
     text = capsys.readouterr().out
     assert f"torch                      {torch.__version__}" in text
-    assert "backends for CPU tensors   " + ("cpu, reference" if ops.cpp else "reference") in text
+    expected = (["cpu"] if ops.cpp else []) + \
+        (["triton"] if backends.BACKENDS["triton"].unavailable("cpu") is None else []) + ["reference"]
+    assert "backends for CPU tensors   " + ", ".join(expected) in text
     assert "GPU" in text
 
 

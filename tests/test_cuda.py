@@ -14,12 +14,11 @@ projected, reversed and bidirectional included (test_parity.py, test_cell.py).
 
 import pytest
 import torch
-from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from fusedlstm import FusedLSTM, _extension, ops, reference
-from lstm_testing import (LAYER_CONFIGS, LAYER_IDS, assert_close, cell_sample, forward_backward,
-                          full_fp32_math, grads_like, layer_sample, make_input, skip_unless_usable)
+from lstm_testing import (LAYER_CONFIGS, LAYER_IDS, assert_close, assert_error_at_most_twice_pytorchs,
+                          cell_sample, full_fp32_math, grads_like, layer_sample, skip_unless_usable)
 
 HALF_TYPES = [pytest.param(torch.float16, id="f16"), pytest.param(torch.bfloat16, id="bf16")]
 
@@ -63,7 +62,7 @@ PATHS = ["vector-H16", "scalar-H13", "misaligned-H16"]
 def test_layer_kernel_paths_match_reference(layout, proj, reverse, dtype, path):
     needs_cuda_kernels()
     hidden = 13 if path == "scalar-H13" else 16
-    args = list(layer_sample(layout, proj, reverse, dtype, "cuda", hidden=hidden, proj_size=5))
+    args = list(layer_sample(layout, proj, reverse, dtype, "cuda", H=hidden, P=5))
     if path == "misaligned-H16":
         args[0] = misaligned(args[0])
     actual = ops.cpp.layer_fwd(*args, True)
@@ -86,7 +85,7 @@ def test_layer_kernel_paths_match_reference(layout, proj, reverse, dtype, path):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_cell_kernel_paths_match_reference(dtype, path):
     needs_cuda_kernels()
-    gates, c_prev = cell_sample(dtype, "cuda", hidden=13 if path == "scalar-H13" else 16)
+    gates, c_prev = cell_sample(dtype, "cuda", H=13 if path == "scalar-H13" else 16)
     if path == "misaligned-H16":
         gates = misaligned(gates)
     expected = reference.lstm_cell_fwd(gates, c_prev)
@@ -145,55 +144,7 @@ def test_empty_batch():
 
 # --- half and bfloat16: at most twice PyTorch's own error ------------------------------------
 
-def relative_error(actual, exact):
-    exact = exact.to(torch.float64).cpu()
-    return ((actual.to(torch.float64).cpu() - exact).norm() / exact.norm()).item()
-
-
-def assert_within_twice(ours, theirs, exact, what):
-    """Our error against the float64 `exact` is at most twice PyTorch's (`theirs`)."""
-    ours_err, torch_err = relative_error(ours, exact), relative_error(theirs, exact)
-    assert ours_err <= 2 * torch_err, (f"{what}: relative error {ours_err:.3g} exceeds twice "
-                                       f"PyTorch's {torch_err:.3g}")
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype", HALF_TYPES)
-@pytest.mark.parametrize("kind", ["padded", "packed"])
-@pytest.mark.parametrize("hidden,proj_size", [(64, 0), (64, 16), (13, 0)],
-                         ids=["H64", "H64-proj", "H13"])
-def test_half_precision_module_within_twice_nn_lstm_error(dtype, kind, hidden, proj_size):
-    """FusedLSTM in fp16/bf16 on CUDA vs nn.LSTM in the same dtype on CUDA
-    (cuDNN where it takes that dtype), both against nn.LSTM in float64 with the
-    same (rounded) weights, inputs and output weightings: outputs and every
-    gradient, by relative L2 error."""
-    needs_cuda_kernels()
-    torch.manual_seed(0)
-    config = dict(input_size=32, hidden_size=hidden, num_layers=2, bidirectional=True,
-                  proj_size=proj_size)
-    low = nn.LSTM(**config, dtype=dtype, device="cuda")
-    exact = nn.LSTM(**config, dtype=torch.float64)
-    exact.load_state_dict({k: v.to(torch.float64).cpu() for k, v in low.state_dict().items()})
-    fused = FusedLSTM.from_lstm(low, backend="cuda")
-
-    gen = torch.Generator().manual_seed(1)
-    T, B = 40, 16
-    leaf, to_input = make_input(kind, T, B, 32, False, dtype, "cuda", gen)
-    hx = tuple(torch.randn(4, B, size, dtype=dtype, generator=gen).to("cuda").requires_grad_()
-               for size in (proj_size or hidden, hidden))
-    leaf64 = leaf.detach().to(torch.float64).cpu().requires_grad_()
-    hx64 = tuple(h.detach().to(torch.float64).cpu().requires_grad_() for h in hx)
-
-    def run(module, x, h):
-        return forward_backward(module, x, to_input, h, torch.Generator().manual_seed(2),
-                                weight_dtype=dtype)
-
-    expected, theirs, ours = run(exact, leaf64, hx64), run(low, leaf, hx), run(fused, leaf, hx)
-    assert ours.keys() == expected.keys()
-    for name in expected:
-        assert ours[name].dtype == dtype
-        assert_within_twice(ours[name], theirs[name], expected[name], name)
-
+# The module-level rule runs for every backend and device in test_reduced_precision.py.
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", HALF_TYPES)
@@ -202,17 +153,19 @@ def test_half_precision_cell_ops_within_twice_pytorch_error(dtype, hidden):
     """The cell ops in fp16/bf16 vs the same formulas as PyTorch ops in that
     dtype (the oracle), both against the oracle in float64."""
     needs_cuda_kernels()
-    gates, c_prev = cell_sample(dtype, "cuda", hidden=hidden)
+    gates, c_prev = cell_sample(dtype, "cuda", H=hidden)
     exact = reference.lstm_cell_fwd(gates.double(), c_prev.double())
     theirs = reference.lstm_cell_fwd(gates, c_prev)
-    for o, t, e, name in zip(ops.cpp.cell_fwd(gates, c_prev), theirs, exact, ["h", "c", "act"]):
-        assert_within_twice(o, t, e, name)
+    names = ["h", "c", "act"]
+    assert_error_at_most_twice_pytorchs(dict(zip(names, ops.cpp.cell_fwd(gates, c_prev))),
+                                        dict(zip(names, theirs)), dict(zip(names, exact)), dtype)
     grad_h, grad_c = grads_like(theirs[:2], 3)
     args = (grad_h, grad_c, theirs[2], c_prev, theirs[1])
     exact = reference.lstm_cell_bwd(*(a.double() for a in args))
-    for o, t, e, name in zip(ops.cpp.cell_bwd(*args), reference.lstm_cell_bwd(*args), exact,
-                             ["grad_gates", "grad_c_prev"]):
-        assert_within_twice(o, t, e, name)
+    names = ["grad_gates", "grad_c_prev"]
+    assert_error_at_most_twice_pytorchs(dict(zip(names, ops.cpp.cell_bwd(*args))),
+                                        dict(zip(names, reference.lstm_cell_bwd(*args))),
+                                        dict(zip(names, exact)), dtype)
 
 
 # --- CUDA graphs ----------------------------------------------------------------------------

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from fusedlstm import FusedLSTM, FusedLSTMCell, ops
+from fusedlstm import FusedLSTM, FusedLSTMCell, backends
+from lstm_testing import skip_unless_usable
 
 # --- constructor arguments --------------------------------------------------------------
 
@@ -152,48 +153,54 @@ def test_cell_constructor_rejects():
 
 # --- ops called directly ----------------------------------------------------------------
 
-needs_cpp = pytest.mark.skipif(ops.cpp is None, reason="fusedlstm._C is not built")
 f64 = dict(dtype=torch.float64)
 
 OP_CASES = [
-    ("cell gates width", lambda: ops.cpp.cell_fwd(torch.zeros(2, 7), torch.zeros(2, 2)),
+    ("cell gates width", lambda o: o.cell_fwd(torch.zeros(2, 7), torch.zeros(2, 2)),
      r"gates must have shape \[2, 8\], got \[2, 7\]"),
-    ("cell dtype", lambda: ops.cpp.cell_fwd(torch.zeros(2, 8), torch.zeros(2, 2, **f64)),
-     "c_prev must have dtype Float like gates, got Double"),
-    ("cell integer", lambda: ops.cpp.cell_fwd(torch.zeros(2, 8, dtype=torch.int32), torch.zeros(2, 2)),
-     "gates must be float32, float64, float16 or bfloat16, got Int"),
-    ("layer w_hh", lambda: ops.cpp.layer_fwd(torch.zeros(3, 2, 8), torch.zeros(8, 3), torch.zeros(2, 2),
-                                             torch.zeros(2, 2), None, None, False, False),
+    ("cell dtype", lambda o: o.cell_fwd(torch.zeros(2, 8), torch.zeros(2, 2, **f64)),
+     r"c_prev must have dtype (Float|torch\.float32) like gates, got (Double|torch\.float64)"),
+    ("cell integer", lambda o: o.cell_fwd(torch.zeros(2, 8, dtype=torch.int32), torch.zeros(2, 2)),
+     r"gates must be float32, float64, float16 or bfloat16, got (Int|torch\.int32)"),
+    ("layer w_hh", lambda o: o.layer_fwd(torch.zeros(3, 2, 8), torch.zeros(8, 3), torch.zeros(2, 2),
+                                         torch.zeros(2, 2), None, None, False, False),
      r"without w_hr, w_hh must be \[4H, H\] = \[8, 2\], got \[8, 3\]"),
-    ("layer h0", lambda: ops.cpp.layer_fwd(torch.zeros(3, 2, 8), torch.zeros(8, 2), torch.zeros(3, 2),
-                                           torch.zeros(2, 2), None, None, False, False),
+    ("layer h0", lambda o: o.layer_fwd(torch.zeros(3, 2, 8), torch.zeros(8, 2), torch.zeros(3, 2),
+                                       torch.zeros(2, 2), None, None, False, False),
      r"h0 must have shape \[2, 2\], got \[3, 2\]"),
-    ("layer x_proj", lambda: ops.cpp.layer_fwd(torch.zeros(3, 2, 9), torch.zeros(8, 2), torch.zeros(2, 2),
-                                               torch.zeros(2, 2), None, None, False, False),
+    ("layer x_proj", lambda o: o.layer_fwd(torch.zeros(3, 2, 9), torch.zeros(8, 2), torch.zeros(2, 2),
+                                           torch.zeros(2, 2), None, None, False, False),
      r"x_proj must have shape \[3, 2, 8\], got \[3, 2, 9\]"),
-    ("layer w_hr", lambda: ops.cpp.layer_fwd(torch.zeros(3, 2, 8), torch.zeros(8, 1), torch.zeros(2, 1),
-                                             torch.zeros(2, 2), torch.zeros(2, 2), None, False, False),
+    ("layer w_hr", lambda o: o.layer_fwd(torch.zeros(3, 2, 8), torch.zeros(8, 1), torch.zeros(2, 1),
+                                         torch.zeros(2, 2), torch.zeros(2, 2), None, False, False),
      r"w_hr must have shape \[1, 2\], got \[2, 2\]"),
-    ("batch_sizes increasing", lambda: ops.cpp.layer_fwd(torch.zeros(5, 8), torch.zeros(8, 2), torch.zeros(2, 2),
-                                                         torch.zeros(2, 2), None, torch.tensor([2, 1, 2]), False, False),
+    ("batch_sizes increasing", lambda o: o.layer_fwd(torch.zeros(5, 8), torch.zeros(8, 2), torch.zeros(2, 2),
+                                                     torch.zeros(2, 2), None, torch.tensor([2, 1, 2]), False, False),
      "batch_sizes must be positive and non-increasing"),
-    ("batch_sizes sum", lambda: ops.cpp.layer_fwd(torch.zeros(4, 8), torch.zeros(8, 2), torch.zeros(2, 2),
-                                                  torch.zeros(2, 2), None, torch.tensor([2, 1]), False, False),
+    ("batch_sizes sum", lambda o: o.layer_fwd(torch.zeros(4, 8), torch.zeros(8, 2), torch.zeros(2, 2),
+                                              torch.zeros(2, 2), None, torch.tensor([2, 1]), False, False),
      r"x_proj must have shape \[3, 8\], got \[4, 8\]"),
-    ("batch_sizes vs h0", lambda: ops.cpp.layer_fwd(torch.zeros(4, 8), torch.zeros(8, 2), torch.zeros(2, 2),
-                                                    torch.zeros(2, 2), None, torch.tensor([3, 1]), False, False),
+    ("batch_sizes vs h0", lambda o: o.layer_fwd(torch.zeros(4, 8), torch.zeros(8, 2), torch.zeros(2, 2),
+                                                torch.zeros(2, 2), None, torch.tensor([3, 1]), False, False),
      r"batch_sizes\[0\] \(3\) must equal the batch size of h0 and c0 \(2\)"),
-    ("batch_sizes dtype", lambda: ops.cpp.layer_fwd(torch.zeros(3, 8), torch.zeros(8, 2), torch.zeros(2, 2),
-                                                    torch.zeros(2, 2), None, torch.tensor([2.0, 1.0]), False, False),
+    ("batch_sizes dtype", lambda o: o.layer_fwd(torch.zeros(3, 8), torch.zeros(8, 2), torch.zeros(2, 2),
+                                                torch.zeros(2, 2), None, torch.tensor([2.0, 1.0]), False, False),
      "batch_sizes must be a 1-D int64 CPU tensor"),
-    ("bwd without saved activations", lambda: ops.cpp.layer_bwd(
+    ("bwd without saved activations", lambda o: o.layer_bwd(
         None, None, None, torch.zeros(8, 2), torch.zeros(2, 2), torch.zeros(2, 2), None, None, False,
         torch.zeros(3, 2, 2), torch.zeros(3, 2, 8), torch.zeros(0)), r"was the forward run with save_for_backward=True"),
 ]
 
 
-@needs_cpp
+def contract_ops(backend):
+    """The ContractOps of a backend that implements the op contract (skips if unusable)."""
+    skip_unless_usable(backend, "cpu")
+    return backends.BACKENDS[backend].implementation()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
 @pytest.mark.parametrize("what,call,message", OP_CASES, ids=[c[0] for c in OP_CASES])
-def test_ops_reject(what, call, message):
+def test_ops_reject(backend, what, call, message):
+    implementation = contract_ops(backend)
     with pytest.raises(RuntimeError, match=message):
-        call()
+        call(implementation)

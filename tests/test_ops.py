@@ -1,7 +1,7 @@
-"""The op contract, op by op: the C++ ops (CPU kernels, and CUDA kernels on a
-GPU) against the reference oracle, the oracle's explicit backward against
-autograd, torch.library.opcheck on every op and sample, and gradcheck in
-float64."""
+"""The op contract, op by op: each backend's ops (the C++ CPU kernels, and the
+CUDA kernels on a GPU) against the reference oracle, the oracle's explicit
+backward against autograd, torch.library.opcheck on every op and sample, and
+gradcheck in float64. The Triton ops have their own file, test_triton.py."""
 
 import pytest
 import torch

@@ -1,0 +1,49 @@
+"""How the launchers call their kernels.
+
+`wrap_triton(kernel)[grid](...)` is torch.library.wrap_triton, which lets
+torch.compile and make_fx trace the launch inside a triton_op. Under the
+Triton interpreter (TRITON_INTERPRET=1), @triton.jit makes an
+InterpretedFunction, which wrap_triton rejects in torch releases before
+pytorch/pytorch#185597 (torch 2.11 among them): it is launched directly
+there, as newer torch does itself. The name stays `wrap_triton` because
+torch finds a triton_op's kernels by looking for calls of that name.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton.language as tl
+from torch.library import wrap_triton as _torch_wrap_triton
+
+try:
+    from triton.runtime.interpreter import InterpretedFunction
+except ImportError:  # a Triton without the interpreter
+    InterpretedFunction = ()
+
+
+def is_interpreted(kernel) -> bool:
+    return isinstance(kernel, InterpretedFunction)
+
+
+def wrap_triton(kernel):
+    return kernel if is_interpreted(kernel) else _torch_wrap_triton(kernel)
+
+
+def math_dtype(dtype: torch.dtype):
+    """The type the kernels compute in: float64 for float64 data, else float32."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+_TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
+              torch.float64: tl.float64}
+
+
+def dot_dtype(dtype: torch.dtype, kernel):
+    """The operand type of tl.dot for `dtype` data: the data's own, except
+    bfloat16 under the interpreter, whose tl.dot multiplies the raw bits of
+    bfloat16 operands (Triton 3.8, seen on 16x16 products: errors ~1e10).
+    There the operands, already rounded to bfloat16, are widened to float32:
+    the same values, accumulated in float32 as on the GPU."""
+    if dtype == torch.bfloat16 and is_interpreted(kernel):
+        return tl.float32
+    return _TL_DTYPES[dtype]
