@@ -12,7 +12,7 @@
 #
 # Written to RESULTS_DIR (8 files, the most the device tool brings back):
 #   log.txt                                  everything printed, every phase
-#   junit.xml                                the test suite's results
+#   junit.xml                                the GPU tests' results (the others': in log.txt)
 #   fp32/{results.json,table.md,ratios.png}  `fusedlstm bench --dtype float32`
 #   bf16/{results.json,table.md,ratios.png}  `fusedlstm bench --dtype bfloat16`
 #
@@ -20,15 +20,17 @@
 # nn.LSTM's figures and the test failures to read); it is named in the summary
 # and makes the exit status 1.
 #
-# Time budget, under 8 minutes in all; each phase has its own timeout, and
-# their sum with the 5 s grace of each (465 s), plus a few seconds for the
-# final table, is the worst case:
-#   environment report        ~10 s     (timeout 25 s)
-#   build, sm_90, 16 jobs     ~60-150 s (timeout 170 s)
-#   fusedlstm info            ~5 s      (timeout 15 s)
-#   tests, 8 workers          ~40-90 s  (timeout 115 s)
-#   bench float32             ~30-50 s  (timeout 55 s; results are saved after every case)
-#   bench bfloat16            ~30-50 s  (timeout 55 s)
+# Time budget: 7 minutes at worst, so that two runs and two machine starts
+# fit a 15-minute device allowance. Each phase has its own timeout; their sum
+# with the 5 s grace of each (445 s), plus a few seconds for the final table,
+# is the worst case:
+#   environment report        ~10 s     (timeout 20 s)
+#   build, sm_90, 16 jobs     ~60-120 s (timeout 130 s)
+#   fusedlstm info            ~5 s      (timeout 10 s)
+#   GPU tests (-m cuda)       ~60-110 s (timeout 120 s; the ones only a GPU can run, first)
+#   CPU tests (the rest)      ~30-40 s  (timeout 45 s; CI runs these too)
+#   bench float32             ~30-45 s  (timeout 45 s; results are saved after every case)
+#   bench bfloat16            ~30-45 s  (timeout 45 s)
 # A timeout sends SIGINT first, so that pytest still writes its summary and
 # junit.xml and the bench reports the cases it finished; SIGKILL 5 s later.
 # The bench phases aim at 0.2 s of timed calls per case and provider (at
@@ -98,11 +100,12 @@ build() {
   (cd "$ROOT" && "$PYTHON" setup.py build_ext --inplace)
 }
 
-tests() {
+tests() {  # tests MARKER [JUNIT_FILE]
   local extra=()
+  if [ -n "${2:-}" ]; then extra+=(--junitxml="$RESULTS/$2"); fi
   if "$PYTHON" -c "import xdist" 2>/dev/null; then extra+=(-n 8); fi
   if "$PYTHON" -c "import pytest_timeout" 2>/dev/null; then extra+=(--timeout 100); fi
-  "$PYTHON" -m pytest tests -q -rfEs -p no:cacheprovider --junitxml="$RESULTS/junit.xml" "${extra[@]}"
+  "$PYTHON" -m pytest tests -q -rfEs -p no:cacheprovider -m "$1" "${extra[@]}"
 }
 
 bench() {  # bench DTYPE DIR
@@ -121,12 +124,13 @@ main() {
   echo "fusedlstm device check: $(date -u +%Y-%m-%dT%H:%M:%SZ), results in $RESULTS"
   echo "commit: ${FUSEDLSTM_COMMIT:-$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo 'unknown (set FUSEDLSTM_COMMIT)')}"
 
-  phase "environment" 25 environment
-  phase "build" 170 build
-  phase "fusedlstm info" 15 "$PYTHON" -m fusedlstm info
-  phase "tests" 115 tests
-  phase "bench float32" 55 bench float32 fp32
-  phase "bench bfloat16" 55 bench bfloat16 bf16
+  phase "environment" 20 environment
+  phase "build" 130 build
+  phase "fusedlstm info" 10 "$PYTHON" -m fusedlstm info
+  phase "GPU tests" 120 tests cuda junit.xml
+  phase "CPU tests" 45 tests "not cuda"
+  phase "bench float32" 45 bench float32 fp32
+  phase "bench bfloat16" 45 bench bfloat16 bf16
 
   echo
   if [ "${#FAILED[@]}" -eq 0 ]; then

@@ -86,7 +86,7 @@ def test_nn_lstm_and_bf16_runs_use_the_same_training_code(corpus, tmp_path, one_
     path, _ = corpus
     for name, overrides in (("nn", dict(lstm_impl="nn")), ("bf16", dict(precision="bf16"))):
         train(tiny_config(path, tmp_path / name, max_steps=40, eval_interval=20, **overrides),
-                       progress=False)
+              progress=False)
         (first, *_, last) = losses(tmp_path / name)
         assert last[2] < first[2] < math.log(len(set(path.read_text()))), name
 

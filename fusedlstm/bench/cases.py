@@ -84,6 +84,8 @@ SHAPES: dict[str, Shape] = {s.name: s for s in (
            "sequence", [(1, 1000, 1), (1000, 800, 1)], 100, 64),
     _shape("small-b1", "batch of one, long sequence", "sequence", [(64, 256, 1)], 1000, 1),
     _shape("small-b8", "batch of eight, long sequence", "sequence", [(64, 256, 1)], 1000, 8),
+    _shape("small-h128", "batch of eight, long sequence, H=128: where the Triton backend keeps "
+           "W_hh on chip (fp16/bf16)", "sequence", [(64, 128, 1)], 1000, 8),
     _shape("packed", "character model on a PackedSequence of 64 unsorted sequences",
            "packed", [(64, 256, 2)], 100, 64, min_length=10),
     _shape("generate", "per-step generation latency: 2-layer LSTMCell stack at the character "
