@@ -44,6 +44,7 @@ def test_shapes_are_consistent():
 
 
 def test_default_shapes_are_the_issues():
+    # The issues' shapes, plus small-h128 for the Triton persistent kernel.
     dims = {name: SHAPES[name].dims() for name in cases.default_shapes()}
     assert dims == {
         "fastrnns": "T=100 B=64 I=512 H=512",
@@ -51,6 +52,7 @@ def test_default_shapes_are_the_issues():
         "blog": "T=100 B=64 I=1 H=1000 then H=800",
         "small-b1": "T=1000 B=1 I=64 H=256",
         "small-b8": "T=1000 B=8 I=64 H=256",
+        "small-h128": "T=1000 B=8 I=64 H=128",
         "packed": "T=10..100 B=64 I=64 H=256 L=2",
         "generate": "1 step B=1 I=64 H=256 L=2",
     }
