@@ -104,6 +104,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
         const scalar_t* x = xp_p + off * G;
         scalar_t* h_dst = proj ? hr_p : out_p + off * P;
         const int64_t h_ld = proj ? H : P;
+        const int64_t u0 = gate_panels.first * U, u1 = std::min(H, gate_panels.second * U);
+        for (int64_t gate = 0; gate < 4; ++gate) {
+          prefetch_block<Access::kRead>(x + gate * H, n, G, u0, u1);
+          if (save_for_backward) prefetch_block<Access::kWrite>(acts_p + off * G + gate * H, n, G, u0, u1);
+        }
+        if (save_for_backward) prefetch_block<Access::kWrite>(cells_p + off * H, n, H, u0, u1);
+        prefetch_block<Access::kWrite>(h_dst, n, h_ld, u0, u1);
         // Panel p holds units [p*U, p*U + U); acc[r][gate] are their gates.
         multiply_rows(h_prev, n, gates_w, gate_panels,
                       [&](int64_t p, int64_t r0, int64_t mr, const Accumulators<scalar_t>* acc) {
@@ -218,6 +225,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
         // c_prev of row r: the previous step's cell, or c0 where r starts.
         const int64_t from_prev = g.rows_from_previous(k);
         const scalar_t* cells_prev = k > 0 ? cells_p + g.offset[g.step(k - 1)] * H : nullptr;
+        const int64_t u0 = std::min(H, unit_panels.first * cell_w.cols);
+        const int64_t u1 = std::min(H, unit_panels.second * cell_w.cols);
+        for (int64_t gate = 0; gate < 4; ++gate) {
+          prefetch_block<Access::kRead>(acts_p + off * G + gate * H, n, G, u0, u1);
+          prefetch_block<Access::kWrite>(gx_p + off * G + gate * H, n, G, u0, u1);
+        }
+        prefetch_block<Access::kRead>(cells_p + off * H, n, H, u0, u1);
+        if (cells_prev) prefetch_block<Access::kRead>(cells_prev, from_prev, H, u0, u1);
+        if (!proj && go_p) prefetch_block<Access::kRead>(go_p + off * P, n, P, u0, u1);
         // dL/dh reaching the cell: acc (+ grad_output and grad_h_n without a
         // projection; those went into dL/d(out) with one).
         auto cell_backward = [&](int64_t p, int64_t r0, int64_t mr, const Accumulators<scalar_t>* acc) {
@@ -274,13 +290,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   const at::Tensor first_d_gates = gather_rows(g, grad_x, [&](int64_t b) { return first_step(g, b); });
   at::Tensor grad_h0 = at::mm(first_d_gates, w_hh_c);  // [B, P]
 
-  // h_prev of every step, [rows, P]: the previous step's output, or h0.
-  at::Tensor h_prev = at::empty({g.rows, P}, opts);
+  // grad_w_hh = sum over steps of d_gates^T @ h_prev, h_prev of a row being
+  // the previous step's output row, or h0 where the row starts.
+  at::Tensor grad_w_hh;  // [4H, P]
   if (!g.packed) {
-    // Dense: the first step processed reads h0, every other one its predecessor.
+    // Dense: the first step processed reads h0, every other one its
+    // predecessor, whose rows sit one step away: two GEMMs on views, no copy.
     const int64_t shifted = g.rows - g.B;
-    h_prev.narrow(0, g.offset[g.step(0)], g.B).copy_(h0c);
-    h_prev.narrow(0, reverse ? 0 : g.B, shifted).copy_(out2.narrow(0, reverse ? g.B : 0, shifted));
+    grad_w_hh = at::mm(grad_x.narrow(0, g.offset[g.step(0)], g.B).t(), h0c);
+    grad_w_hh.addmm_(grad_x.narrow(0, reverse ? 0 : g.B, shifted).t(),
+                     out2.narrow(0, reverse ? g.B : 0, shifted));
   } else {
     std::vector<int64_t> to_prev, from_out, to_h0, from_h0;
     for (int64_t k = 0; k < g.T; ++k) {
@@ -290,10 +309,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
         (r < from_prev ? from_out : from_h0).push_back(r < from_prev ? g.offset[g.step(k - 1)] + r : r);
       }
     }
+    at::Tensor h_prev = at::empty({g.rows, P}, opts);
     h_prev.index_copy_(0, row_index(to_prev), out2.index_select(0, row_index(from_out)));
     h_prev.index_copy_(0, row_index(to_h0), h0c.index_select(0, row_index(from_h0)));
+    grad_w_hh = at::mm(grad_x.t(), h_prev);
   }
-  at::Tensor grad_w_hh = at::mm(grad_x.t(), h_prev);  // [4H, P]
   at::Tensor grad_w_hr = at::empty({0}, opts);
   if (proj) {
     const at::Tensor h_raw = acts2.narrow(1, 3 * H, H).mul(cells2.tanh());  // o * tanh(c)

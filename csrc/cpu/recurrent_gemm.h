@@ -175,6 +175,26 @@ void multiply_rows(const RowSource<scalar_t>& a, int64_t n, const Panels<math_ty
   }
 }
 
+// Requests, into L2, the cache lines of rows [0, n) x columns [begin, end) of
+// a row-major matrix (leading dimension ld). The epilogues touch each row's
+// four gate segments, 4H apart, over all rows of a step: more streams than
+// the hardware prefetcher follows, so a step's per-row data is asked for when
+// the step starts, while the products run.
+enum class Access { kRead, kWrite };
+
+template <Access access, typename T>
+inline void prefetch_block(const T* base, int64_t n, int64_t ld, int64_t begin, int64_t end) {
+  constexpr int64_t kLine = 64 / sizeof(T);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = begin; c < end; c += kLine) {
+      if constexpr (access == Access::kRead) {
+        __builtin_prefetch(base + r * ld + c, 0, 2);
+      } else {
+        __builtin_prefetch(base + r * ld + c, 1, 2);
+      }
+    }
+}
+
 // The threads that run one layer: every thread runs the same step loop on its
 // own share of the panels, and barrier() separates the phases that read what
 // other threads wrote. One parallel region per layer, not one per step.
