@@ -165,6 +165,19 @@ def grads_like(outputs, seed):
     return [torch.randn(t.shape, dtype=t.dtype, generator=g).to(t.device) for t in outputs]
 
 
+LAYER_GRADS = ["grad_x_proj", "grad_w_hh", "grad_h0", "grad_c0", "grad_w_hr"]
+
+
+def check_layer_bwd(layer_bwd, args, forward, grads, dtype):
+    """A backend's layer_bwd against the oracle's, given the layer's arguments
+    `args` (as from layer_sample), its forward results `forward` (output, h_n,
+    c_n, acts, cells) and the gradients (grad_output, grad_h_n, grad_c_n)."""
+    x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse = args
+    bwd_args = (*grads, w_hh, h0, c0, w_hr, batch_sizes, reverse, forward[0], forward[3], forward[4])
+    for a, e, name in zip(layer_bwd(*bwd_args), reference.lstm_layer_bwd(*bwd_args), LAYER_GRADS):
+        assert_close(a, e, dtype, name)
+
+
 @functools.lru_cache(maxsize=None)
 def opcheck_samples(device="cpu", dtype=torch.float64):
     """{id: (op name, args)} for every op of the contract over the layer

@@ -17,7 +17,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from fusedlstm import FusedLSTM, _extension, ops, reference
-from lstm_testing import (LAYER_CONFIGS, LAYER_IDS, assert_close, assert_error_at_most_twice_pytorchs,
+from lstm_testing import (check_layer_bwd, LAYER_CONFIGS, LAYER_IDS, assert_close, assert_error_at_most_twice_pytorchs,
                           cell_sample, full_fp32_math, grads_like, layer_sample, skip_unless_usable)
 
 HALF_TYPES = [pytest.param(torch.float16, id="f16"), pytest.param(torch.bfloat16, id="bf16")]
@@ -72,12 +72,7 @@ def test_layer_kernel_paths_match_reference(layout, proj, reverse, dtype, path):
     grads = grads_like(expected[:3], 4)
     if path == "misaligned-H16":
         grads[0] = misaligned(grads[0])
-    x_proj, w_hh, h0, c0, w_hr, batch_sizes, _ = args
-    bwd_args = (*grads, w_hh, h0, c0, w_hr, batch_sizes, reverse, *expected[0:1], *expected[3:5])
-    actual = ops.cpp.layer_bwd(*bwd_args)
-    expected = reference.lstm_layer_bwd(*bwd_args)
-    for a, e, name in zip(actual, expected, ["grad_x_proj", "grad_w_hh", "grad_h0", "grad_c0", "grad_w_hr"]):
-        assert_close(a, e, dtype, name)
+    check_layer_bwd(ops.cpp.layer_bwd, args, expected, grads, dtype)
 
 
 @pytest.mark.cuda

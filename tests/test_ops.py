@@ -8,7 +8,7 @@ import torch
 from torch.func import functional_call
 
 from fusedlstm import FusedLSTM, ops, reference
-from lstm_testing import (LAYER_CONFIGS, LAYER_IDS, assert_close, cell_sample, device_params,
+from lstm_testing import (check_layer_bwd, LAYER_CONFIGS, LAYER_IDS, assert_close, cell_sample, device_params,
                           grads_like, layer_sample, opcheck_samples, skip_unless_usable)
 
 
@@ -83,12 +83,7 @@ def test_layer_ops_match_reference(layout, proj, reverse, dtype, missing_grads, 
     grads = grads_like(expected[:3], 4)
     if missing_grads:  # no gradient reaches h_n and c_n: they count as zeros
         grads = [grads[0], None, None]
-    x_proj, w_hh, h0, c0, w_hr, batch_sizes, _ = args
-    bwd_args = (*grads, w_hh, h0, c0, w_hr, batch_sizes, reverse, *expected[0:1], *expected[3:5])
-    actual = ops.cpp.layer_bwd(*bwd_args)
-    expected = reference.lstm_layer_bwd(*bwd_args)
-    for a, e, name in zip(actual, expected, ["grad_x_proj", "grad_w_hh", "grad_h0", "grad_c0", "grad_w_hr"]):
-        assert_close(a, e, dtype, name)
+    check_layer_bwd(ops.cpp.layer_bwd, args, expected, grads, dtype)
 
 
 @needs_cpp

@@ -116,6 +116,23 @@ def step_of(k, T, REVERSE: tl.constexpr):
 
 
 @triton.jit
+def batch_rows(k, b, T, sizes_ptr, offsets_ptr, B, REVERSE: tl.constexpr, PACKED: tl.constexpr):
+    """For batch rows b [BLOCK_B] in the step processed k-th: (their packed row
+    indices [BLOCK_B] int64, which of them take part in the step)."""
+    first, n = step_rows(step_of(k, T, REVERSE), sizes_ptr, offsets_ptr, B, PACKED)
+    return (first + b).to(tl.int64), b < n
+
+
+@triton.jit
+def previous_rows(k, b, T, sizes_ptr, offsets_ptr, B, REVERSE: tl.constexpr, PACKED: tl.constexpr):
+    """For batch rows b in the step processed k-th: (their packed row indices in
+    the step processed before it, which of them continue from that step rather
+    than start from h0 and c0)."""
+    first, n = step_rows(step_of(tl.maximum(k - 1, 0), T, REVERSE), sizes_ptr, offsets_ptr, B, PACKED)
+    return (first + b).to(tl.int64), (b < n) & (k > 0)
+
+
+@triton.jit
 def _lstm_persistent_fwd_kernel(
     x_ptr, w_hh_ptr, w_hr_ptr,             # [N, 4H], [4H, P], [P, H] (HAS_PROJ)
     h0_ptr, c0_ptr,                        # [B, P], [B, H]
@@ -150,10 +167,7 @@ def _lstm_persistent_fwd_kernel(
     c = tl.load(c0_ptr + b[None, :] * H + j[:, None], mask=jm[:, None] & in_batch[None, :],
                 other=0.0).to(MATH)
     for k in range(T):
-        t = step_of(k, T, REVERSE)
-        first, n = step_rows(t, sizes_ptr, offsets_ptr, B, PACKED)
-        active = b < n
-        row = (first + b).to(tl.int64)                        # packed row of each batch row
+        row, active = batch_rows(k, b, T, sizes_ptr, offsets_ptr, B, REVERSE, PACKED)
         mh = jm[:, None] & active[None, :]
         gate = row[None, :] * (4 * H) + j[:, None]            # [BH, BB]: gate i of (unit, row)
 
@@ -229,14 +243,8 @@ def _lstm_persistent_bwd_kernel(
 
     for kk in range(T):
         k = T - 1 - kk                                        # processing index, last first
-        t = step_of(k, T, REVERSE)
-        first, n = step_rows(t, sizes_ptr, offsets_ptr, B, PACKED)
-        first_prev, n_prev = step_rows(step_of(tl.maximum(k - 1, 0), T, REVERSE),
-                                        sizes_ptr, offsets_ptr, B, PACKED)
-        active = b < n
-        from_prev = (b < n_prev) & (k > 0)                    # else the row starts from c0
-        row = (first + b).to(tl.int64)
-        row_prev = (first_prev + b).to(tl.int64)
+        row, active = batch_rows(k, b, T, sizes_ptr, offsets_ptr, B, REVERSE, PACKED)
+        row_prev, from_prev = previous_rows(k, b, T, sizes_ptr, offsets_ptr, B, REVERSE, PACKED)
         mh = jm[:, None] & active[None, :]
         mp = pm[:, None] & active[None, :]
         gate = row[None, :] * (4 * H) + j[:, None]

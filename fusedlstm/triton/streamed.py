@@ -54,7 +54,7 @@ from torch import Tensor
 
 from .gate_math import gates_backward, gates_forward
 from .launch import dot_dtype, math_dtype, wrap_triton
-from .persistent import BLOCK_B, step_of, step_rows
+from .persistent import BLOCK_B, batch_rows, previous_rows
 from .steps import Steps, weight_gradients
 
 BLOCK_J = 64  # hidden units (or outputs) per chunk; not tuned
@@ -80,10 +80,7 @@ def _lstm_streamed_fwd_kernel(
     out_ty = out_ptr.dtype.element_ty
 
     for k in range(T):
-        t = step_of(k, T, REVERSE)
-        first, n = step_rows(t, sizes_ptr, offsets_ptr, B, PACKED)
-        active = b < n
-        row = (first + b).to(tl.int64)
+        row, active = batch_rows(k, b, T, sizes_ptr, offsets_ptr, B, REVERSE, PACKED)
         h_src = h_buf_ptr + (k % 2) * B * P                   # h_{t-1}
         h_dst = h_buf_ptr + ((k + 1) % 2) * B * P             # h_t
 
@@ -173,14 +170,8 @@ def _lstm_streamed_bwd_kernel(
 
     for r in range(T):
         k = T - 1 - r                                          # processing index, last first
-        t = step_of(k, T, REVERSE)
-        first, n = step_rows(t, sizes_ptr, offsets_ptr, B, PACKED)
-        first_prev, n_prev = step_rows(step_of(tl.maximum(k - 1, 0), T, REVERSE),
-                                        sizes_ptr, offsets_ptr, B, PACKED)
-        active = b < n
-        from_prev = (b < n_prev) & (k > 0)                    # else the row starts from c0
-        row = (first + b).to(tl.int64)
-        row_prev = (first_prev + b).to(tl.int64)
+        row, active = batch_rows(k, b, T, sizes_ptr, offsets_ptr, B, REVERSE, PACKED)
+        row_prev, from_prev = previous_rows(k, b, T, sizes_ptr, offsets_ptr, B, REVERSE, PACKED)
         dh_src = dh_buf_ptr + (r % 2) * B * P                 # dL/dh_t
         dh_dst = dh_buf_ptr + ((r + 1) % 2) * B * P           # dL/dh_{t-1}
 
