@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .gate_math import gates_backward, gates_forward
+from .gate_math import gates_backward, gates_forward, load_gates, store_gates
 from .launch import math_dtype, wrap_triton
 
 
@@ -58,18 +58,12 @@ def _lstm_cell_fwd_kernel(
     gate = rows[:, None] * (4 * H) + units[None, :]             # gate i of (row, unit)
     state = rows[:, None] * H + units[None, :]
 
-    pi = tl.load(pre_ptr + gate, mask=mask, other=0.0).to(MATH)
-    pf = tl.load(pre_ptr + gate + H, mask=mask, other=0.0).to(MATH)
-    pg = tl.load(pre_ptr + gate + 2 * H, mask=mask, other=0.0).to(MATH)
-    po = tl.load(pre_ptr + gate + 3 * H, mask=mask, other=0.0).to(MATH)
+    pi, pf, pg, po = load_gates(pre_ptr, gate, H, mask, MATH)
     c_prev = tl.load(c_prev_ptr + state, mask=mask, other=0.0).to(MATH)
     i, f, g, o, c, h = gates_forward(pi, pf, pg, po, c_prev)
 
     out_ty = act_ptr.dtype.element_ty
-    tl.store(act_ptr + gate, i.to(out_ty), mask=mask)
-    tl.store(act_ptr + gate + H, f.to(out_ty), mask=mask)
-    tl.store(act_ptr + gate + 2 * H, g.to(out_ty), mask=mask)
-    tl.store(act_ptr + gate + 3 * H, o.to(out_ty), mask=mask)
+    store_gates(act_ptr, gate, H, i, f, g, o, mask)
     tl.store(c_ptr + state, c.to(out_ty), mask=mask)
     tl.store(h_ptr + state, h.to(out_ty), mask=mask)
     if HAS_C_COPY:
@@ -95,10 +89,7 @@ def _lstm_cell_bwd_kernel(
     gate = rows[:, None] * (4 * H) + units[None, :]
     state = rows[:, None] * H + units[None, :]
 
-    i = tl.load(act_ptr + gate, mask=mask, other=0.0).to(MATH)
-    f = tl.load(act_ptr + gate + H, mask=mask, other=0.0).to(MATH)
-    g = tl.load(act_ptr + gate + 2 * H, mask=mask, other=0.0).to(MATH)
-    o = tl.load(act_ptr + gate + 3 * H, mask=mask, other=0.0).to(MATH)
+    i, f, g, o = load_gates(act_ptr, gate, H, mask, MATH)
     c_prev = tl.load(c_prev_ptr + state, mask=mask, other=0.0).to(MATH)
     c = tl.load(c_ptr + state, mask=mask, other=0.0).to(MATH)
     dh = tl.load(dh_ptr + state, mask=mask, other=0.0).to(MATH)
@@ -111,10 +102,8 @@ def _lstm_cell_bwd_kernel(
     # run over all B rows) and keep their dc.
     out_ty = d_gates_ptr.dtype.element_ty
     zero = tl.zeros_like(d_pi)
-    tl.store(d_gates_ptr + gate, tl.where(mask, d_pi, zero).to(out_ty), mask=in_tile)
-    tl.store(d_gates_ptr + gate + H, tl.where(mask, d_pf, zero).to(out_ty), mask=in_tile)
-    tl.store(d_gates_ptr + gate + 2 * H, tl.where(mask, d_pg, zero).to(out_ty), mask=in_tile)
-    tl.store(d_gates_ptr + gate + 3 * H, tl.where(mask, d_po, zero).to(out_ty), mask=in_tile)
+    store_gates(d_gates_ptr, gate, H, tl.where(mask, d_pi, zero), tl.where(mask, d_pf, zero),
+                tl.where(mask, d_pg, zero), tl.where(mask, d_po, zero), in_tile)
     tl.store(dc_prev_ptr + state, dc_prev.to(out_ty), mask=mask)
 
 

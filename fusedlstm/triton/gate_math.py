@@ -63,3 +63,23 @@ def gates_backward(i, f, g, o, c_prev, c, dh, dc):
     d_pg = dc_total * i * (1.0 - g * g)
     d_po = dh * tc * o * (1.0 - o)
     return d_pi, d_pf, d_pg, d_po, dc_total * f
+
+
+@triton.jit
+def load_gates(ptr, at, H, mask, MATH: tl.constexpr):
+    """The four gates of a tile, gate-major rows [4H]: i at ptr + at, f, g, o
+    H, 2H and 3H further; masked-off elements read 0; computed in MATH."""
+    return (tl.load(ptr + at, mask=mask, other=0.0).to(MATH),
+            tl.load(ptr + at + H, mask=mask, other=0.0).to(MATH),
+            tl.load(ptr + at + 2 * H, mask=mask, other=0.0).to(MATH),
+            tl.load(ptr + at + 3 * H, mask=mask, other=0.0).to(MATH))
+
+
+@triton.jit
+def store_gates(ptr, at, H, i, f, g, o, mask):
+    """Stores four gate tiles where load_gates reads them, in ptr's dtype."""
+    out_ty = ptr.dtype.element_ty
+    tl.store(ptr + at, i.to(out_ty), mask=mask)
+    tl.store(ptr + at + H, f.to(out_ty), mask=mask)
+    tl.store(ptr + at + 2 * H, g.to(out_ty), mask=mask)
+    tl.store(ptr + at + 3 * H, o.to(out_ty), mask=mask)

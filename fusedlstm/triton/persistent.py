@@ -78,7 +78,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .gate_math import gates_backward, gates_forward
+from .gate_math import gates_backward, gates_forward, load_gates, store_gates
 from .launch import dot_dtype, math_dtype, wrap_triton
 from .steps import Steps, weight_gradients
 
@@ -187,10 +187,7 @@ def _lstm_persistent_fwd_kernel(
         tl.store(out_ptr + row[None, :] * P + p[:, None], h_new.to(out_ty),
                  mask=pm[:, None] & active[None, :])
         if SAVE:
-            tl.store(acts_ptr + gate, i.to(out_ty), mask=mh)
-            tl.store(acts_ptr + gate + H, f.to(out_ty), mask=mh)
-            tl.store(acts_ptr + gate + 2 * H, g.to(out_ty), mask=mh)
-            tl.store(acts_ptr + gate + 3 * H, o.to(out_ty), mask=mh)
+            store_gates(acts_ptr, gate, H, i, f, g, o, mh)
             tl.store(cells_ptr + row[None, :] * H + j[:, None], c_new.to(out_ty), mask=mh)
         c = tl.where(active[None, :], c_new, c)
         h = tl.where(active[None, :], h_new, h)
@@ -259,10 +256,7 @@ def _lstm_persistent_bwd_kernel(
         else:
             dh_cell = dh_out
 
-        i = tl.load(acts_ptr + gate, mask=mh, other=0.0).to(MATH)
-        f = tl.load(acts_ptr + gate + H, mask=mh, other=0.0).to(MATH)
-        g = tl.load(acts_ptr + gate + 2 * H, mask=mh, other=0.0).to(MATH)
-        o = tl.load(acts_ptr + gate + 3 * H, mask=mh, other=0.0).to(MATH)
+        i, f, g, o = load_gates(acts_ptr, gate, H, mh, MATH)
         c = tl.load(cells_ptr + cell, mask=mh, other=0.0).to(MATH)
         prev_mask = mh & from_prev[None, :]
         c_prev = tl.where(
@@ -272,10 +266,7 @@ def _lstm_persistent_bwd_kernel(
         ).to(MATH)
         d_pi, d_pf, d_pg, d_po, dc_prev = gates_backward(i, f, g, o, c_prev, c, dh_cell, dc)
 
-        tl.store(grad_x_ptr + gate, d_pi.to(out_ty), mask=mh)
-        tl.store(grad_x_ptr + gate + H, d_pf.to(out_ty), mask=mh)
-        tl.store(grad_x_ptr + gate + 2 * H, d_pg.to(out_ty), mask=mh)
-        tl.store(grad_x_ptr + gate + 3 * H, d_po.to(out_ty), mask=mh)
+        store_gates(grad_x_ptr, gate, H, d_pi, d_pf, d_pg, d_po, mh)
         dh_new = tl.dot(wt_i, d_pi.to(out_ty).to(DOT), input_precision="ieee")
         dh_new = tl.dot(wt_f, d_pf.to(out_ty).to(DOT), acc=dh_new, input_precision="ieee")
         dh_new = tl.dot(wt_g, d_pg.to(out_ty).to(DOT), acc=dh_new, input_precision="ieee")

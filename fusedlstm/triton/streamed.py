@@ -52,7 +52,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .gate_math import gates_backward, gates_forward
+from .gate_math import gates_backward, gates_forward, load_gates, store_gates
 from .launch import dot_dtype, math_dtype, wrap_triton
 from .persistent import BLOCK_B, batch_rows, previous_rows
 from .steps import Steps, weight_gradients
@@ -89,10 +89,7 @@ def _lstm_streamed_fwd_kernel(
             jm = j < H
             mh = jm[:, None] & active[None, :]
             gate = row[None, :] * (4 * H) + j[:, None]        # [BJ, BB]
-            acc_i = tl.load(x_ptr + gate, mask=mh, other=0.0).to(MATH)
-            acc_f = tl.load(x_ptr + gate + H, mask=mh, other=0.0).to(MATH)
-            acc_g = tl.load(x_ptr + gate + 2 * H, mask=mh, other=0.0).to(MATH)
-            acc_o = tl.load(x_ptr + gate + 3 * H, mask=mh, other=0.0).to(MATH)
+            acc_i, acc_f, acc_g, acc_o = load_gates(x_ptr, gate, H, mh, MATH)
             for k0 in range(0, P, BLOCK_K):
                 q = k0 + kk
                 qm = q < P
@@ -113,10 +110,7 @@ def _lstm_streamed_fwd_kernel(
             i, f, g, o, c_new, h_new = gates_forward(acc_i, acc_f, acc_g, acc_o, c_prev)
             tl.store(c_buf_ptr + state, c_new, mask=mh)
             if SAVE:
-                tl.store(acts_ptr + gate, i.to(out_ty), mask=mh)
-                tl.store(acts_ptr + gate + H, f.to(out_ty), mask=mh)
-                tl.store(acts_ptr + gate + 2 * H, g.to(out_ty), mask=mh)
-                tl.store(acts_ptr + gate + 3 * H, o.to(out_ty), mask=mh)
+                store_gates(acts_ptr, gate, H, i, f, g, o, mh)
                 tl.store(cells_ptr + row[None, :] * H + j[:, None], c_new.to(out_ty), mask=mh)
             if HAS_PROJ:
                 tl.store(hr_buf_ptr + state, h_new.to(out_ty), mask=mh)
@@ -204,10 +198,7 @@ def _lstm_streamed_bwd_kernel(
                 if HAS_GO:
                     dh += tl.load(go_ptr + row[None, :] * P + j[:, None], mask=mh, other=0.0).to(MATH)
             gate = row[None, :] * (4 * H) + j[:, None]
-            i = tl.load(acts_ptr + gate, mask=mh, other=0.0).to(MATH)
-            f = tl.load(acts_ptr + gate + H, mask=mh, other=0.0).to(MATH)
-            g = tl.load(acts_ptr + gate + 2 * H, mask=mh, other=0.0).to(MATH)
-            o = tl.load(acts_ptr + gate + 3 * H, mask=mh, other=0.0).to(MATH)
+            i, f, g, o = load_gates(acts_ptr, gate, H, mh, MATH)
             c = tl.load(cells_ptr + row[None, :] * H + j[:, None], mask=mh, other=0.0).to(MATH)
             c_prev = tl.where(
                 from_prev[None, :],
@@ -217,10 +208,7 @@ def _lstm_streamed_bwd_kernel(
             state = b[None, :] * H + j[:, None]
             dc = tl.load(dc_buf_ptr + state, mask=mh, other=0.0)
             d_pi, d_pf, d_pg, d_po, dc_prev = gates_backward(i, f, g, o, c_prev, c, dh, dc)
-            tl.store(grad_x_ptr + gate, d_pi.to(out_ty), mask=mh)
-            tl.store(grad_x_ptr + gate + H, d_pf.to(out_ty), mask=mh)
-            tl.store(grad_x_ptr + gate + 2 * H, d_pg.to(out_ty), mask=mh)
-            tl.store(grad_x_ptr + gate + 3 * H, d_po.to(out_ty), mask=mh)
+            store_gates(grad_x_ptr, gate, H, d_pi, d_pf, d_pg, d_po, mh)
             tl.store(dc_buf_ptr + state, dc_prev, mask=mh)
         tl.debug_barrier()                                     # grad_x of step t complete
 
