@@ -82,6 +82,30 @@ def test_learning_rate_warms_up_then_decays_to_its_floor():
     assert learning_rate(config, 60, None) == 1.0  # a time budget not planned yet
 
 
+def test_a_time_budget_is_spent_even_when_the_first_steps_are_slow(corpus, tmp_path, monkeypatch, one_thread):
+    """The cosine's horizon is re-planned at every evaluation from the latest speed: a
+    plan made once from slow first steps (as a fresh process's are) ended a 10-minute
+    run after 392 s."""
+    path, _ = corpus
+    forward, calls = CharLM.forward, []
+
+    def slow_start(self, idx, state=None):
+        if self.training:
+            calls.append(1)
+            if len(calls) <= 20:
+                time.sleep(0.03)
+        return forward(self, idx, state)
+
+    monkeypatch.setattr(CharLM, "forward", slow_start)
+    budget_s = 3.0
+    result = train(tiny_config(path, tmp_path / "run", max_steps=None, minutes=budget_s / 60, eval_interval=10),
+                   progress=False)
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert result.stopped == "time"
+    assert last["elapsed_s"] >= 0.75 * budget_s, last
+    assert ckpt.load(tmp_path / "run" / ckpt.LAST)["progress"]["planned_steps"] >= result.step
+
+
 def test_nn_lstm_and_bf16_runs_use_the_same_training_code(corpus, tmp_path, one_thread):
     path, _ = corpus
     for name, overrides in (("nn", dict(lstm_impl="nn")), ("bf16", dict(precision="bf16"))):
