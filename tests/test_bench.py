@@ -263,15 +263,60 @@ def test_cli_runs_the_tiny_cases_end_to_end(tmp_path, capsys, restore_threads):
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
 
 
+def test_isolate_times_each_provider_in_its_own_process(tmp_path, capsys, monkeypatch, restore_threads):
+    from fusedlstm.bench import isolated
+
+    launched, run = [], subprocess.run
+
+    def recording_run(command, **kwargs):  # subprocess.run itself: git is run through it too
+        if command[1:3] == ["-m", "fusedlstm.bench.isolated"]:
+            launched.append(json.loads(command[-1]))
+        return run(command, **kwargs)
+
+    monkeypatch.setattr(isolated.subprocess, "run", recording_run)
+    out = tmp_path / "run"
+    status = run_cli("--shapes", "tiny", "--modes", "forward+backward", "--repeats", "3", "--warmup", "1",
+                     "--threads", "1", "--isolate", "--out", str(out), "--no-progress")
+    assert status == 0
+    payload = json.loads((out / "results.json").read_text())
+    providers = cases.providers("cpu")
+    assert [spec["provider"] for spec in launched] == providers
+    assert all(spec["shape"] == "tiny" and spec["mode"] == "forward+backward" and spec["threads"] == 1
+               and spec["budget"]["min_repeats"] == 3 for spec in launched)
+    assert payload["settings"]["isolated"] is True and payload["metadata"]["command"].endswith("--isolate")
+    for record in payload["results"]:
+        assert record["status"] == "ok", record
+        assert len(record["warmup_ms"]) == 1 and len(record["times_ms"]) == 3 and record["median_ms"] > 0
+        assert record["peak_memory_bytes"] is not None
+        if record["provider"] != BASELINE:
+            assert record["rel_diff"] <= record["rel_diff_bound"]
+    assert "each provider timed in its own process (--isolate)" in capsys.readouterr().out
+
+
+def test_a_failing_isolated_process_is_recorded_as_an_error(tmp_path, capsys, monkeypatch):
+    from fusedlstm.bench import isolated
+
+    spec = isolated.spec
+    monkeypatch.setattr(isolated, "spec", lambda *args: {**spec(*args), "shape": "no-such-shape"})
+    status = run_cli("--shapes", "tiny", "--modes", "forward", "--repeats", "1", "--warmup", "0",
+                     "--isolate", "--out", str(tmp_path / "run"), "--no-progress")
+    assert status == 1
+    records = json.loads((tmp_path / "run" / "results.json").read_text())["results"]
+    assert records and all(r["status"] == "error" for r in records)
+    assert "the isolated timing process of tiny-forward-float32-cpu / nn.LSTM exited with status 1" in \
+        records[0]["reason"]
+    assert "no-such-shape" in records[0]["reason"]
+
+
 def test_an_interrupted_run_reports_what_it_finished(tmp_path, capsys, monkeypatch):
     from fusedlstm.bench import runner
 
     real_run_case = runner.run_case
 
-    def interrupted_after_first_case(case, providers, budget):
+    def interrupted_after_first_case(case, providers, budget, *options):
         if case.shape.name != "tiny" or case.mode != "forward":
             raise KeyboardInterrupt
-        yield from real_run_case(case, providers, budget)
+        yield from real_run_case(case, providers, budget, *options)
 
     monkeypatch.setattr(runner, "run_case", interrupted_after_first_case)
     out = tmp_path / "run"

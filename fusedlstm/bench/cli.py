@@ -2,6 +2,7 @@
 
     fusedlstm bench [--device cpu|cuda] [--dtype float32,bfloat16] [--shapes NAME,...]
                     [--modes ...] [--backends NAME,...] [--out DIR] [--budget S | --repeats N]
+                    [--isolate]
 
 times nn.LSTM and each usable fusedlstm backend on the chosen cases, prints
 the markdown table, and writes DIR/results.json (raw timings and metadata,
@@ -75,6 +76,9 @@ def add_commands(commands) -> None:
     bench.add_argument("--warmup", type=_at_least(int, 0), default=Budget.warmup, help="untimed calls first")
     bench.add_argument("--threads", type=_at_least(int, 1), default=None,
                        help="CPU threads for torch and the CPU kernels (default: torch's own choice)")
+    bench.add_argument("--isolate", action="store_true",
+                       help="time each provider in a fresh process, so that neither's allocations "
+                            "(page faults) land on the other's timings (CPU; see fusedlstm/bench/isolated.py)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     bench.add_argument("--list", action="store_true", help="describe the shapes and exit")
     bench.set_defaults(run=run_bench)
@@ -105,6 +109,8 @@ def _command_line(args: argparse.Namespace) -> str:
     parts.append(f"--warmup {args.warmup}")
     if args.threads:
         parts.append(f"--threads {args.threads}")
+    if args.isolate:
+        parts.append("--isolate")
     return " ".join(parts)
 
 
@@ -136,7 +142,8 @@ def run_bench(args: argparse.Namespace) -> int:
                      "modes": args.modes or list(bench_cases.MODES), "providers": providers,
                      "warmup": budget.warmup, "budget_seconds": budget.seconds,
                      "min_repeats": budget.min_repeats, "max_repeats": budget.max_repeats,
-                     "memory_method": timing.memory_method(args.device)},
+                     "memory_method": timing.memory_method(args.device),
+                     "isolated": args.isolate},
         "complete": False,
         "results": [],
     }
@@ -147,7 +154,7 @@ def run_bench(args: argparse.Namespace) -> int:
                   unit="run", dynamic_ncols=True) as bar:
             for case in selected:
                 bar.set_description(case.id)
-                for record in runner.run_case(case, providers, budget):
+                for record in runner.run_case(case, providers, budget, args.isolate, args.threads):
                     payload["results"].append(record)
                     bar.update()
                 report.write_results(out_dir, payload)

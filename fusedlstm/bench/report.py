@@ -149,7 +149,8 @@ def heading(metadata: dict, settings: dict) -> str:
             f"Median ms per timed call (untimed warm-up calls first; each call's time is in "
             f"results.json); `X / {BASELINE}` = X's time over {BASELINE}'s in the same run "
             f"(below 1: faster); MiB = peak memory growth during one call "
-            f"({settings['memory_method']}).")
+            f"({settings['memory_method']})"
+            + ("; each provider timed in its own process (--isolate)." if settings.get("isolated") else "."))
 
 
 def document(payload: dict, short: bool = False) -> str:

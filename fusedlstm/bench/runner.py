@@ -12,7 +12,9 @@ A record is a plain dict (it goes to results.json as it is):
                   output against nn.LSTM's (float64 norms), and
     rel_diff_bound, the gross-error bound it is flagged against.
 
-A provider that raises is recorded as an error and the run goes on.
+A provider that raises is recorded as an error and the run goes on. With
+`isolate`, the timing and memory of each provider run in a fresh process
+(isolated.py); the output check stays in this one.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Iterator
 import torch
 
 from .cases import BASELINE, Case, skip_reason
+from .isolated import measure_in_subprocess
 from .timing import Budget, measure, peak_memory
 from .workloads import build
 
@@ -51,8 +54,10 @@ def _release(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def run_case(case: Case, providers: list[str], budget: Budget) -> Iterator[dict]:
-    """One record per provider (nn.LSTM first, so its output is the check's reference)."""
+def run_case(case: Case, providers: list[str], budget: Budget, isolate: bool = False,
+             threads: int | None = None) -> Iterator[dict]:
+    """One record per provider (nn.LSTM first, so its output is the check's reference);
+    `threads` is passed to the isolated processes (this one's is the caller's to set)."""
     reference = None
     for provider in providers:
         record = {"case": case.id, "shape": case.shape.name, "mode": case.mode,
@@ -72,11 +77,17 @@ def run_case(case: Case, providers: list[str], budget: Budget) -> Iterator[dict]
                 record.update(rel_diff=relative_difference(output, reference),
                               rel_diff_bound=rel_diff_bound(case))
             del output
-            measured = measure(workload, case.device, budget)
+            if isolate:
+                workload = None
+                _release(case.device)
+                measured, peak = measure_in_subprocess(case, provider, budget, threads)
+            else:
+                measured = measure(workload, case.device, budget)
+                peak = peak_memory(workload, case.device)
             record.update(status="ok", median_ms=measured.median_s * 1e3,
                           warmup_ms=[t * 1e3 for t in measured.warmup_s],
                           times_ms=[t * 1e3 for t in measured.times_s],
-                          peak_memory_bytes=peak_memory(workload, case.device))
+                          peak_memory_bytes=peak)
         except Exception as exc:  # recorded in the results and the exit status, not dropped
             record.update(status="error", reason=f"{type(exc).__name__}: {exc}",
                           traceback=traceback.format_exc())
@@ -85,7 +96,3 @@ def run_case(case: Case, providers: list[str], budget: Budget) -> Iterator[dict]
             _release(case.device)
         yield record
 
-
-def run(cases: list[Case], providers: list[str], budget: Budget) -> Iterator[dict]:
-    for case in cases:
-        yield from run_case(case, providers, budget)
