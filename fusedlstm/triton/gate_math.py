@@ -66,20 +66,21 @@ def gates_backward(i, f, g, o, c_prev, c, dh, dc):
 
 
 @triton.jit
-def load_gates(ptr, at, H, mask, MATH: tl.constexpr):
-    """The four gates of a tile, gate-major rows [4H]: i at ptr + at, f, g, o
-    H, 2H and 3H further; masked-off elements read 0; computed in MATH."""
-    return (tl.load(ptr + at, mask=mask, other=0.0).to(MATH),
-            tl.load(ptr + at + H, mask=mask, other=0.0).to(MATH),
-            tl.load(ptr + at + 2 * H, mask=mask, other=0.0).to(MATH),
-            tl.load(ptr + at + 3 * H, mask=mask, other=0.0).to(MATH))
+def load_gates(ptr, at, gap, mask, TY: tl.constexpr):
+    """The four gate tiles i, f, g, o at ptr + at and `gap`, 2 gap and 3 gap
+    further (gap = H within gate-major rows [4H]; H * P between the gate blocks
+    of W_hh [4H, P]); masked-off elements read 0; converted to TY."""
+    return (tl.load(ptr + at, mask=mask, other=0.0).to(TY),
+            tl.load(ptr + at + gap, mask=mask, other=0.0).to(TY),
+            tl.load(ptr + at + 2 * gap, mask=mask, other=0.0).to(TY),
+            tl.load(ptr + at + 3 * gap, mask=mask, other=0.0).to(TY))
 
 
 @triton.jit
-def store_gates(ptr, at, H, i, f, g, o, mask):
+def store_gates(ptr, at, gap, i, f, g, o, mask):
     """Stores four gate tiles where load_gates reads them, in ptr's dtype."""
     out_ty = ptr.dtype.element_ty
     tl.store(ptr + at, i.to(out_ty), mask=mask)
-    tl.store(ptr + at + H, f.to(out_ty), mask=mask)
-    tl.store(ptr + at + 2 * H, g.to(out_ty), mask=mask)
-    tl.store(ptr + at + 3 * H, o.to(out_ty), mask=mask)
+    tl.store(ptr + at + gap, f.to(out_ty), mask=mask)
+    tl.store(ptr + at + 2 * gap, g.to(out_ty), mask=mask)
+    tl.store(ptr + at + 3 * gap, o.to(out_ty), mask=mask)

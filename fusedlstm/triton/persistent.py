@@ -152,10 +152,7 @@ def _lstm_persistent_fwd_kernel(
     # W_hh gate blocks [BH, BP] (rows g*H + j) and W_hr [BP, BH], loaded once.
     w_at = j[:, None] * P + p[None, :]
     w_mask = jm[:, None] & pm[None, :]
-    w_i = tl.load(w_hh_ptr + w_at, mask=w_mask, other=0.0).to(DOT)
-    w_f = tl.load(w_hh_ptr + H * P + w_at, mask=w_mask, other=0.0).to(DOT)
-    w_g = tl.load(w_hh_ptr + 2 * H * P + w_at, mask=w_mask, other=0.0).to(DOT)
-    w_o = tl.load(w_hh_ptr + 3 * H * P + w_at, mask=w_mask, other=0.0).to(DOT)
+    w_i, w_f, w_g, w_o = load_gates(w_hh_ptr, w_at, H * P, w_mask, DOT)
     if HAS_PROJ:
         w_r = tl.load(w_hr_ptr + p[:, None] * H + j[None, :], mask=pm[:, None] & jm[None, :],
                       other=0.0).to(DOT)
@@ -218,10 +215,7 @@ def _lstm_persistent_bwd_kernel(
     # W_hh^T gate blocks [BP, BH]: element (p, j) = W_hh[g*H + j, p]; W_hr^T [BH, BP].
     wt_at = j[None, :] * P + p[:, None]
     wt_mask = pm[:, None] & jm[None, :]
-    wt_i = tl.load(w_hh_ptr + wt_at, mask=wt_mask, other=0.0).to(DOT)
-    wt_f = tl.load(w_hh_ptr + H * P + wt_at, mask=wt_mask, other=0.0).to(DOT)
-    wt_g = tl.load(w_hh_ptr + 2 * H * P + wt_at, mask=wt_mask, other=0.0).to(DOT)
-    wt_o = tl.load(w_hh_ptr + 3 * H * P + wt_at, mask=wt_mask, other=0.0).to(DOT)
+    wt_i, wt_f, wt_g, wt_o = load_gates(w_hh_ptr, wt_at, H * P, wt_mask, DOT)
     if HAS_PROJ:
         wt_r = tl.load(w_hr_ptr + p[None, :] * H + j[:, None], mask=jm[:, None] & pm[None, :],
                        other=0.0).to(DOT)

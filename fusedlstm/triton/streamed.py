@@ -63,6 +63,14 @@ STREAMED_LIMIT = 256  # largest max(H, P) sent here; the public Triton LSTM kern
 
 
 @triton.jit
+def carry(src, dst, at, mask, active, value):
+    """dst[at] = value in the active batch columns; the rest keep src[at], the
+    state of the previous step (src and dst: the two halves of a step buffer)."""
+    keep = tl.load(src + at, mask=mask, other=0.0)
+    tl.store(dst + at, tl.where(active[None, :], value, keep), mask=mask)
+
+
+@triton.jit
 def _lstm_streamed_fwd_kernel(
     x_ptr, w_hh_ptr, w_hr_ptr,             # [N, 4H], [4H, P], [P, H] (HAS_PROJ)
     out_ptr, acts_ptr, cells_ptr,          # [N, P], [N, 4H] and [N, H] (SAVE)
@@ -97,14 +105,11 @@ def _lstm_streamed_fwd_kernel(
                             other=0.0).to(DOT)                # h^T chunk [BK, BB]
                 w_at = j[:, None] * P + q[None, :]
                 wm = jm[:, None] & qm[None, :]
-                acc_i = tl.dot(tl.load(w_hh_ptr + w_at, mask=wm, other=0.0).to(DOT), h, acc=acc_i,
-                               input_precision="ieee")
-                acc_f = tl.dot(tl.load(w_hh_ptr + H * P + w_at, mask=wm, other=0.0).to(DOT), h, acc=acc_f,
-                               input_precision="ieee")
-                acc_g = tl.dot(tl.load(w_hh_ptr + 2 * H * P + w_at, mask=wm, other=0.0).to(DOT), h,
-                               acc=acc_g, input_precision="ieee")
-                acc_o = tl.dot(tl.load(w_hh_ptr + 3 * H * P + w_at, mask=wm, other=0.0).to(DOT), h,
-                               acc=acc_o, input_precision="ieee")
+                w_i, w_f, w_g, w_o = load_gates(w_hh_ptr, w_at, H * P, wm, DOT)
+                acc_i = tl.dot(w_i, h, acc=acc_i, input_precision="ieee")
+                acc_f = tl.dot(w_f, h, acc=acc_f, input_precision="ieee")
+                acc_g = tl.dot(w_g, h, acc=acc_g, input_precision="ieee")
+                acc_o = tl.dot(w_o, h, acc=acc_o, input_precision="ieee")
             state = b[None, :] * H + j[:, None]
             c_prev = tl.load(c_buf_ptr + state, mask=jm[:, None] & in_batch[None, :], other=0.0)
             i, f, g, o, c_new, h_new = gates_forward(acc_i, acc_f, acc_g, acc_o, c_prev)
@@ -116,10 +121,8 @@ def _lstm_streamed_fwd_kernel(
                 tl.store(hr_buf_ptr + state, h_new.to(out_ty), mask=mh)
             else:
                 tl.store(out_ptr + row[None, :] * P + j[:, None], h_new.to(out_ty), mask=mh)
-                h_at = b[None, :] * P + j[:, None]
-                h_mask = jm[:, None] & in_batch[None, :]
-                h_keep = tl.load(h_src + h_at, mask=h_mask, other=0.0)
-                tl.store(h_dst + h_at, tl.where(active[None, :], h_new.to(out_ty), h_keep), mask=h_mask)
+                carry(h_src, h_dst, b[None, :] * P + j[:, None], jm[:, None] & in_batch[None, :], active,
+                      h_new.to(out_ty))
 
         if HAS_PROJ:
             tl.debug_barrier()                                 # every chunk of h_raw is stored
@@ -137,10 +140,8 @@ def _lstm_streamed_fwd_kernel(
                     acc = tl.dot(w_r, h_raw, acc=acc, input_precision="ieee")
                 tl.store(out_ptr + row[None, :] * P + p[:, None], acc.to(out_ty),
                          mask=pm[:, None] & active[None, :])
-                h_at = b[None, :] * P + p[:, None]
-                h_mask = pm[:, None] & in_batch[None, :]
-                h_keep = tl.load(h_src + h_at, mask=h_mask, other=0.0)
-                tl.store(h_dst + h_at, tl.where(active[None, :], acc.to(out_ty), h_keep), mask=h_mask)
+                carry(h_src, h_dst, b[None, :] * P + p[:, None], pm[:, None] & in_batch[None, :], active,
+                      acc.to(out_ty))
         tl.debug_barrier()                                     # h_t complete before step k + 1 reads it
 
 
@@ -227,10 +228,7 @@ def _lstm_streamed_bwd_kernel(
                     acc = tl.dot(tl.load(w_hh_ptr + gate_index * H * P + wt_at, mask=wt_mask, other=0.0).to(DOT),
                                  tl.load(grad_x_ptr + gate_index * H + d_at, mask=d_mask, other=0.0).to(DOT),
                                  acc=acc, input_precision="ieee")
-            h_at = b[None, :] * P + p[:, None]
-            h_mask = pm[:, None] & in_batch[None, :]
-            keep = tl.load(dh_src + h_at, mask=h_mask, other=0.0)
-            tl.store(dh_dst + h_at, tl.where(active[None, :], acc, keep), mask=h_mask)
+            carry(dh_src, dh_dst, b[None, :] * P + p[:, None], pm[:, None] & in_batch[None, :], active, acc)
         tl.debug_barrier()                                     # dL/dh_{t-1} complete
 
 
