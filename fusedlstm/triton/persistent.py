@@ -283,10 +283,6 @@ def _blocks(H: int, P: int) -> tuple[int, int]:
     return max(16, triton.next_power_of_2(H)), max(16, triton.next_power_of_2(P))
 
 
-def _tables(steps: Steps):
-    return (steps.sizes, steps.offsets) if steps.packed else (None, None)
-
-
 def lstm_persistent_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Tensor | None,
                         steps: Steps, save_for_backward: bool):
     """The contract's lstm_layer_fwd in one launch (arguments checked, sizes
@@ -297,14 +293,13 @@ def lstm_persistent_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_
     h_n, c_n = h0.new_empty(B, P), c0.new_empty(B, H)
     acts = x.new_empty(x.shape) if save_for_backward else x.new_empty(0)
     cells = x.new_empty(*x.shape[:-1], H) if save_for_backward else x.new_empty(0)
-    sizes, offsets = _tables(steps)
     block_h, block_p = _blocks(H, P)
     if B > 0:
         wrap_triton(_lstm_persistent_fwd_kernel)[(triton.cdiv(B, BLOCK_B),)](
             x, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else None,
             h0.contiguous(), c0.contiguous(), output, h_n, c_n,
             acts if save_for_backward else None, cells if save_for_backward else None,
-            sizes, offsets, steps.T, B, H, P,
+            steps.sizes, steps.offsets, steps.T, B, H, P,
             HAS_PROJ=w_hr is not None, PACKED=steps.packed, REVERSE=steps.reverse,
             SAVE=save_for_backward, MATH=math_dtype(x.dtype),
             DOT=dot_dtype(x.dtype, _lstm_persistent_fwd_kernel), BLOCK_B=BLOCK_B,
@@ -323,7 +318,6 @@ def lstm_persistent_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None,
     grad_x = acts.new_empty(acts.shape)
     dh_out = acts.new_empty(*acts.shape[:-1], P) if w_hr is not None else None
     grad_h0, grad_c0 = h0.new_empty(B, P), c0.new_empty(B, H)
-    sizes, offsets = _tables(steps)
     block_h, block_p = _blocks(H, P)
     if B > 0:
         wrap_triton(_lstm_persistent_bwd_kernel)[(triton.cdiv(B, BLOCK_B),)](
@@ -332,7 +326,7 @@ def lstm_persistent_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None,
             grad_c_n.contiguous() if grad_c_n is not None else None,
             w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else None, c0.contiguous(),
             acts, cells.contiguous(), grad_x, dh_out, grad_h0, grad_c0,
-            sizes, offsets, steps.T, B, H, P,
+            steps.sizes, steps.offsets, steps.T, B, H, P,
             HAS_GO=grad_output is not None, HAS_DH_N=grad_h_n is not None,
             HAS_DC_N=grad_c_n is not None, HAS_PROJ=w_hr is not None, PACKED=steps.packed,
             REVERSE=steps.reverse, MATH=math_dtype(acts.dtype),

@@ -30,6 +30,7 @@ class Steps:
         self.packed = batch_sizes is not None
         self.order = range(T - 1, -1, -1) if reverse else range(T)
         if not self.packed:
+            self.sizes = self.offsets = None  # the layer kernels' step tables: none for dense input
             return
         sizes = batch_sizes.to(device=device, dtype=torch.int64)               # [T]
         ends = torch.cumsum(sizes, 0)

@@ -241,10 +241,6 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _tables(steps: Steps):
-    return (steps.sizes, steps.offsets) if steps.packed else (None, None)
-
-
 def lstm_streamed_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Tensor | None,
                       steps: Steps, save_for_backward: bool):
     """The contract's lstm_layer_fwd in one launch, weights streamed
@@ -256,13 +252,12 @@ def lstm_streamed_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr
     cells = x.new_empty(*x.shape[:-1], H) if save_for_backward else x.new_empty(0)
     h_buf = h0.contiguous().repeat(2, 1)                        # [2 * B, P]
     c_buf = c0.to(_state_dtype(c0.dtype)).contiguous().clone()  # [B, H]
-    sizes, offsets = _tables(steps)
     if B > 0:
         wrap_triton(_lstm_streamed_fwd_kernel)[(triton.cdiv(B, BLOCK_B),)](
             x, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else None,
             output, acts if save_for_backward else None, cells if save_for_backward else None,
             h_buf, c_buf, x.new_empty(B, H) if w_hr is not None else None,
-            sizes, offsets, steps.T, B, H, P,
+            steps.sizes, steps.offsets, steps.T, B, H, P,
             HAS_PROJ=w_hr is not None, PACKED=steps.packed, REVERSE=steps.reverse,
             SAVE=save_for_backward, MATH=math_dtype(x.dtype),
             DOT=dot_dtype(x.dtype, _lstm_streamed_fwd_kernel), BLOCK_B=BLOCK_B, BLOCK_J=BLOCK_J,
@@ -285,13 +280,12 @@ def lstm_streamed_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_
     dh_buf = dh.contiguous().repeat(2, 1)                       # [2 * B, P]
     dc_buf = (grad_c_n.to(state).contiguous().clone() if grad_c_n is not None
               else c0.new_zeros(B, H, dtype=state))
-    sizes, offsets = _tables(steps)
     if B > 0:
         wrap_triton(_lstm_streamed_bwd_kernel)[(triton.cdiv(B, BLOCK_B),)](
             grad_output.contiguous() if grad_output is not None else None,
             w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else None, c0.contiguous(),
             acts, cells.contiguous(), grad_x, dh_out, dh_buf, dc_buf,
-            sizes, offsets, steps.T, B, H, P,
+            steps.sizes, steps.offsets, steps.T, B, H, P,
             HAS_GO=grad_output is not None, HAS_PROJ=w_hr is not None, PACKED=steps.packed,
             REVERSE=steps.reverse, MATH=math_dtype(acts.dtype),
             DOT=dot_dtype(acts.dtype, _lstm_streamed_bwd_kernel), BLOCK_B=BLOCK_B, BLOCK_J=BLOCK_J,
