@@ -65,10 +65,18 @@ def _interpreter_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "off", "no")
 
 
+_triton_module = None
+
+
 def _triton_ops():
     # Imported here, never at `import fusedlstm`: importing triton is slow
     # and the kernels' form (compiled or interpreted) is fixed at import.
-    return importlib.import_module("fusedlstm.triton.ops")
+    # Kept after the first call: torch.compile cannot trace importlib, so a
+    # traced forward must find the module here (seen on an H200, 2026-11-28).
+    global _triton_module
+    if _triton_module is None:
+        _triton_module = importlib.import_module("fusedlstm.triton.ops")
+    return _triton_module
 
 
 def _triton_unavailable(device_type: str) -> str | None:
@@ -119,6 +127,20 @@ def check_name(name: str) -> str:
 def default_name() -> str:
     """"auto", or the FUSEDLSTM_BACKEND override."""
     return check_name(os.environ.get(ENV_VAR) or AUTO)
+
+
+def module_setting(name: str) -> str:
+    """The backend a module stores for its `backend` argument: FUSEDLSTM_BACKEND or
+    "auto" for "auto", else the checked name. Naming "triton" imports its kernels
+    here, outside any forward that torch.compile traces; an ImportError is left to
+    `resolve`, which reports it when the backend is used."""
+    setting = default_name() if name == AUTO else check_name(name)
+    if setting == "triton":
+        try:
+            _triton_ops()
+        except ImportError:
+            pass
+    return setting
 
 
 def resolve(name: str, device: torch.device) -> Backend:

@@ -30,7 +30,7 @@ class FusedLSTMCell(nn.Module):
         if not isinstance(bias, bool):
             raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
-        self.backend = backends.default_name() if backend == backends.AUTO else backends.check_name(backend)
+        self.backend = backends.module_setting(backend)
         factory = {"device": device, "dtype": dtype}
         self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size, **factory))
         self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size, **factory))

@@ -86,7 +86,7 @@ class FusedLSTM(nn.Module):
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
         self.dropout, self.proj_size = float(dropout), proj_size
-        self.backend = backends.default_name() if backend == backends.AUTO else backends.check_name(backend)
+        self.backend = backends.module_setting(backend)
 
         factory = {"device": device, "dtype": dtype}
         gates, out_size = 4 * hidden_size, proj_size or hidden_size
