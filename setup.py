@@ -102,6 +102,20 @@ def cpu_capability(torch):
     return capability
 
 
+def loaded_libstdcxx():
+    """The libstdc++ shared library this process has loaded (torch's C++ runtime,
+    mapped once torch is imported), or None (not Linux, or not found)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and Path(fields[5]).name.startswith("libstdc++.so"):
+            return fields[5]
+    return None
+
+
 def write_build_info(path, **info):
     lines = ['"""Written by setup.py: how this copy of fusedlstm._C was built."""', ""]
     lines += [f"{key.upper()} = {value!r}" for key, value in info.items()]
@@ -132,6 +146,15 @@ def main():
     # -fopenmp it runs on one thread. torch ships the libgomp it uses, and the
     # loader shares that one runtime with this library.
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    # Link the C++ runtime torch runs with, by path, ahead of the compiler's own
+    # -lstdc++. On the H200 machine (g++ 13.3, Ubuntu 24.04; 2026-11-28) the
+    # default link put a private copy of libstdc++'s stream and locale code
+    # into _C (std::ostream::_M_insert<long> defined there, not imported). Its
+    # facet ids disagree with the process's libstdc++, so the first integer
+    # formatted into an error message called a codecvt facet as num_put:
+    # SIGSEGV instead of the error.
+    libstdcxx = loaded_libstdcxx()
+    link_args = openmp + ([libstdcxx] if libstdcxx else [])
     cxx_flags = ["-O3", *openmp, f"-DCPU_CAPABILITY={capability}",
                  f"-DCPU_CAPABILITY_{capability}"] + CPU_CAPABILITY_FLAGS[capability]
     include_dirs = [str(CSRC / "include")]
@@ -168,7 +191,7 @@ def main():
         sources=[str(s.relative_to(ROOT)) for s in sources],
         include_dirs=include_dirs,
         extra_compile_args=compile_args,
-        extra_link_args=openmp,
+        extra_link_args=link_args,
     )
     setup(ext_modules=[ext], cmdclass={"build_ext": BuildExtension})
 
