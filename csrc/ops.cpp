@@ -23,19 +23,23 @@ TORCH_LIBRARY(fusedlstm, m) {
   //   w_hh: [4H, P]; h0: [B, P]; c0: [B, H]; w_hr: [P, H] or None
   //   batch_sizes: int64 [T] on the CPU (packed input) or None
   //   reverse: run from the last step to the first
-  //   save_for_backward: keep acts and cells (else they come back empty)
+  //   save_for_backward: keep acts, cells and h_raw (else they come back empty)
   // -> output: [T, B, P] or [N, P]; h_n: [B, P]; c_n: [B, H];
   //    acts: [T, B, 4H] or [N, 4H] post-activation gates; cells: c of every
-  //    step, [T, B, H] or [N, H].
+  //    step, [T, B, H] or [N, H]; h_raw: with w_hr, o * tanh(c) of every step
+  //    (the projection's input), [T, B, H] or [N, H], else empty. h_raw is
+  //    saved, not recomputed from acts and cells in the backward: in float16
+  //    that recomputation rounds o and c first, and grad_w_hr then had 2.0 to
+  //    3.1 times cuDNN's error (H200, 2026-11-28).
   m.def(
       "lstm_layer_fwd(Tensor x_proj, Tensor w_hh, Tensor h0, Tensor c0, Tensor? w_hr,"
       " Tensor? batch_sizes, bool reverse, bool save_for_backward)"
-      " -> (Tensor output, Tensor h_n, Tensor c_n, Tensor acts, Tensor cells)");
+      " -> (Tensor output, Tensor h_n, Tensor c_n, Tensor acts, Tensor cells, Tensor h_raw)");
   // Gradients of the layer; a None grad_* is zero. Weight gradients are
   // single GEMMs over all steps. grad_w_hr is empty when w_hr is None.
   m.def(
       "lstm_layer_bwd(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor w_hh,"
       " Tensor h0, Tensor c0, Tensor? w_hr, Tensor? batch_sizes, bool reverse, Tensor output,"
-      " Tensor acts, Tensor cells)"
+      " Tensor acts, Tensor cells, Tensor h_raw)"
       " -> (Tensor grad_x_proj, Tensor grad_w_hh, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_hr)");
 }

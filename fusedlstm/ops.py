@@ -10,9 +10,11 @@ autograd node per layer and direction, not per step).
     lstm_cell_bwd(grad_h, grad_c, act, c_prev, c) -> grad_gates [B,4H], grad_c_prev [B,H]
     lstm_layer_fwd(x_proj [T,B,4H]|[N,4H], w_hh [4H,P], h0 [B,P], c0 [B,H], w_hr [P,H]?,
                    batch_sizes [T]?, reverse, save_for_backward)
-        -> output [..,P], h_n [B,P], c_n [B,H], acts [..,4H], cells [..,H]
+        -> output [..,P], h_n [B,P], c_n [B,H], acts [..,4H], cells [..,H], h_raw [..,H]
+           (h_raw: o * tanh(c) with w_hr, else empty; acts, cells and h_raw are
+           empty unless save_for_backward)
     lstm_layer_bwd(grad_output?, grad_h_n?, grad_c_n?, w_hh, h0, c0, w_hr?, batch_sizes?,
-                   reverse, output, acts, cells)
+                   reverse, output, acts, cells, h_raw)
         -> grad_x_proj, grad_w_hh, grad_h0, grad_c0, grad_w_hr
 """
 
@@ -53,11 +55,13 @@ def layer_fwd_fake(x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse, save_for_ba
         acts, cells = x_proj.new_empty(x_proj.shape), x_proj.new_empty((*lead, H))
     else:
         acts, cells = x_proj.new_empty(0), x_proj.new_empty(0)
-    return x_proj.new_empty((*lead, P)), h0.new_empty(h0.shape), c0.new_empty(c0.shape), acts, cells
+    h_raw = x_proj.new_empty((*lead, H)) if save_for_backward and w_hr is not None else x_proj.new_empty(0)
+    return (x_proj.new_empty((*lead, P)), h0.new_empty(h0.shape), c0.new_empty(c0.shape), acts, cells,
+            h_raw)
 
 
 def layer_bwd_fake(grad_output, grad_h_n, grad_c_n, w_hh, h0, c0, w_hr, batch_sizes, reverse,
-                   output, acts, cells):
+                   output, acts, cells, h_raw):
     grad_w_hr = w_hr.new_empty(w_hr.shape) if w_hr is not None else acts.new_empty(0)
     return (acts.new_empty(acts.shape), w_hh.new_empty(w_hh.shape), h0.new_empty(h0.shape),
             c0.new_empty(c0.shape), grad_w_hr)
@@ -88,20 +92,20 @@ def register_autograd(ops: "ContractOps") -> None:
 
     def layer_setup(ctx, inputs, output):
         _, w_hh, h0, c0, w_hr, batch_sizes, reverse, save_for_backward = inputs
-        out, _, _, acts, cells = output
-        ctx.save_for_backward(w_hh, h0, c0, w_hr, batch_sizes, out, acts, cells)
+        out, _, _, acts, cells, h_raw = output
+        ctx.save_for_backward(w_hh, h0, c0, w_hr, batch_sizes, out, acts, cells, h_raw)
         ctx.reverse, ctx.saved_activations = reverse, save_for_backward
-        ctx.mark_non_differentiable(acts, cells)
+        ctx.mark_non_differentiable(acts, cells, h_raw)
         ctx.set_materialize_grads(False)
 
-    def layer_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_acts, _grad_cells):
+    def layer_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_acts, _grad_cells, _grad_h_raw):
         if not ctx.saved_activations:
             raise RuntimeError("fusedlstm: lstm_layer_fwd ran with save_for_backward=False, "
                                "so it cannot be differentiated; run it with True")
-        w_hh, h0, c0, w_hr, batch_sizes, out, acts, cells = ctx.saved_tensors
+        w_hh, h0, c0, w_hr, batch_sizes, out, acts, cells, h_raw = ctx.saved_tensors
         grad_x, grad_w_hh, grad_h0, grad_c0, grad_w_hr = ops.layer_bwd(
             grad_output, grad_h_n, grad_c_n, w_hh, h0, c0, w_hr, batch_sizes, ctx.reverse,
-            out, acts, cells)
+            out, acts, cells, h_raw)
         return (grad_x, grad_w_hh, grad_h0, grad_c0,
                 grad_w_hr if w_hr is not None else None, None, None, None)
 
@@ -131,7 +135,7 @@ class ContractOps:
     def layer(self, x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Tensor | None,
               batch_sizes: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
         save = needs_grad(x_proj, w_hh, h0, c0, w_hr)
-        output, h_n, c_n, _, _ = self.layer_fwd(x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse, save)
+        output, h_n, c_n, *_ = self.layer_fwd(x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse, save)
         return output, h_n, c_n
 
 

@@ -104,16 +104,18 @@ def lstm_layer_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: T
 
     x_proj: [T, B, 4H] or packed [N, 4H] (x W_ih^T + b_ih + b_hh); w_hh: [4H, P];
     h0: [B, P]; c0: [B, H]; w_hr: [P, H] or None; batch_sizes: [T] int64 or None.
-    -> output [T, B, P] / [N, P], h_n [B, P], c_n [B, H], acts [.., 4H] and
-    cells [.., H] (empty when save_for_backward is False).
+    -> output [T, B, P] / [N, P], h_n [B, P], c_n [B, H], acts [.., 4H],
+    cells [.., H] and h_raw [.., H] (o * tanh(c), the projection's input; empty
+    without w_hr); the last three are empty when save_for_backward is False.
     """
     steps = _Steps(x_proj, batch_sizes, reverse)
     h, c = h0, c0
-    outs, acts, cells = [None] * steps.T, [None] * steps.T, [None] * steps.T
+    outs, acts, cells, raws = [None] * steps.T, [None] * steps.T, [None] * steps.T, [None] * steps.T
     for t in steps.order:
         n = steps.sizes[t]
         gates = steps.rows(x_proj, t) + h[:n] @ w_hh.t()
         h_t, c_t, act_t = lstm_cell_fwd(gates, c[:n])
+        raws[t] = h_t
         if w_hr is not None:
             h_t = h_t @ w_hr.t()
         h, c = torch.cat([h_t, h[n:]]), torch.cat([c_t, c[n:]])
@@ -121,18 +123,18 @@ def lstm_layer_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: T
     empty = x_proj.new_empty(0)
     return (steps.join(outs), h, c,
             steps.join(acts) if save_for_backward else empty,
-            steps.join(cells) if save_for_backward else empty)
+            steps.join(cells) if save_for_backward else empty,
+            steps.join(raws) if save_for_backward and w_hr is not None else empty)
 
 
 @_in_float32
 def lstm_layer_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_c_n: Tensor | None,
                    w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Tensor | None,
                    batch_sizes: Tensor | None, reverse: bool, output: Tensor, acts: Tensor,
-                   cells: Tensor):
+                   cells: Tensor, h_raw: Tensor):
     """Gradients of lstm_layer_fwd (None grads are zero)
     -> grad_x_proj, grad_w_hh, grad_h0, grad_c0, grad_w_hr (empty without w_hr)."""
     steps = _Steps(acts, batch_sizes, reverse)
-    H = c0.shape[1]
     dh = grad_h_n if grad_h_n is not None else torch.zeros_like(h0)
     dc = grad_c_n if grad_c_n is not None else torch.zeros_like(c0)
     grad_x = [None] * steps.T
@@ -147,7 +149,7 @@ def lstm_layer_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_c_n
         act_t, c_t = steps.rows(acts, t), steps.rows(cells, t)
         dh_out = dh[:n] if grad_output is None else dh[:n] + steps.rows(grad_output, t)
         if w_hr is not None:
-            grad_w_hr = grad_w_hr + dh_out.t() @ (act_t[:, 3 * H:] * torch.tanh(c_t))
+            grad_w_hr = grad_w_hr + dh_out.t() @ steps.rows(h_raw, t)
             dh_cell = dh_out @ w_hr
         else:
             dh_cell = dh_out
@@ -169,6 +171,6 @@ def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
 def lstm_layer(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Tensor | None = None,
                batch_sizes: Tensor | None = None, reverse: bool = False):
     """Differentiable layer: -> output, h_n, c_n."""
-    output, h_n, c_n, _, _ = lstm_layer_fwd(x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse,
-                                            save_for_backward=False)
+    output, h_n, c_n, *_ = lstm_layer_fwd(x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse,
+                                          save_for_backward=False)
     return output, h_n, c_n

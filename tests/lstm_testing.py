@@ -171,9 +171,9 @@ LAYER_GRADS = ["grad_x_proj", "grad_w_hh", "grad_h0", "grad_c0", "grad_w_hr"]
 def check_layer_bwd(layer_bwd, args, forward, grads, dtype):
     """A backend's layer_bwd against the oracle's, given the layer's arguments
     `args` (as from layer_sample), its forward results `forward` (output, h_n,
-    c_n, acts, cells) and the gradients (grad_output, grad_h_n, grad_c_n)."""
+    c_n, acts, cells, h_raw) and the gradients (grad_output, grad_h_n, grad_c_n)."""
     x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse = args
-    bwd_args = (*grads, w_hh, h0, c0, w_hr, batch_sizes, reverse, forward[0], forward[3], forward[4])
+    bwd_args = (*grads, w_hh, h0, c0, w_hr, batch_sizes, reverse, forward[0], *forward[3:6])
     for a, e, name in zip(layer_bwd(*bwd_args), reference.lstm_layer_bwd(*bwd_args), LAYER_GRADS):
         assert_close(a, e, dtype, name)
 
@@ -193,12 +193,12 @@ def opcheck_samples(device="cpu", dtype=torch.float64):
                           else t for t in args)
         samples[f"layer_fwd-{config_id}-train"] = ("lstm_layer_fwd", (*grad_args, True))
         samples[f"layer_fwd-{config_id}-infer"] = ("lstm_layer_fwd", (*args, False))  # nothing to differentiate
-        out, h_n, c_n, acts, cells = reference.lstm_layer_fwd(*args)
+        out, h_n, c_n, acts, cells, h_raw = reference.lstm_layer_fwd(*args)
         x_proj, w_hh, h0, c0, w_hr, batch_sizes, _ = args
         go, gh, gc = grads_like((out, h_n, c_n), 6)
         for grads, grads_id in (((go, gh, gc), "all-grads"), ((go, None, None), "none-grads")):
             samples[f"layer_bwd-{config_id}-{grads_id}"] = (
-                "lstm_layer_bwd", (*grads, w_hh, h0, c0, w_hr, batch_sizes, reverse, out, acts, cells))
+                "lstm_layer_bwd", (*grads, w_hh, h0, c0, w_hr, batch_sizes, reverse, out, acts, cells, h_raw))
     return samples
 
 

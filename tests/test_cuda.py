@@ -112,7 +112,7 @@ def test_rows_beyond_one_grid_are_covered():
     for a, e in zip(ops.cpp.layer_fwd(*args, True), expected):
         assert_close(a, e, torch.float64)
     grads = grads_like(expected[:3], 8)
-    bwd_args = (*grads, *args[1:], expected[0], *expected[3:5])
+    bwd_args = (*grads, *args[1:], expected[0], *expected[3:6])
     for a, e in zip(ops.cpp.layer_bwd(*bwd_args), reference.lstm_layer_bwd(*bwd_args)):
         assert_close(a, e, torch.float64)
 
@@ -130,7 +130,7 @@ def test_empty_batch():
     for a, e in zip(actual, expected):
         assert a.shape == e.shape
     grads = (torch.zeros_like(expected[0]), None, None)
-    grad_x, grad_w_hh, grad_h0, grad_c0, _ = ops.cpp.layer_bwd(*grads, *args[1:], expected[0], *expected[3:5])
+    grad_x, grad_w_hh, grad_h0, grad_c0, _ = ops.cpp.layer_bwd(*grads, *args[1:], expected[0], *expected[3:6])
     assert grad_x.shape == args[0].shape and grad_h0.shape == grad_c0.shape == (0, H)
     assert torch.equal(grad_w_hh, torch.zeros_like(args[1]))
     h, c, act = ops.cpp.cell_fwd(torch.zeros(0, 4 * H, device="cuda"), torch.zeros(0, H, device="cuda"))

@@ -188,7 +188,16 @@ OP_CASES = [
      "batch_sizes must be a 1-D int64 CPU tensor"),
     ("bwd without saved activations", lambda o: o.layer_bwd(
         None, None, None, torch.zeros(8, 2), torch.zeros(2, 2), torch.zeros(2, 2), None, None, False,
-        torch.zeros(3, 2, 2), torch.zeros(3, 2, 8), torch.zeros(0)), r"was the forward run with save_for_backward=True"),
+        torch.zeros(3, 2, 2), torch.zeros(3, 2, 8), torch.zeros(0), torch.zeros(0)),
+     r"was the forward run with save_for_backward=True"),
+    ("bwd h_raw with a projection", lambda o: o.layer_bwd(
+        None, None, None, torch.zeros(8, 1), torch.zeros(2, 1), torch.zeros(2, 2), torch.zeros(1, 2), None, False,
+        torch.zeros(3, 2, 1), torch.zeros(3, 2, 8), torch.zeros(3, 2, 2), torch.zeros(0)),
+     r"with w_hr, h_raw must have shape \[3, 2, 2\] \(lstm_layer_fwd's h_raw\), got \[0\]"),
+    ("bwd h_raw without a projection", lambda o: o.layer_bwd(
+        None, None, None, torch.zeros(8, 2), torch.zeros(2, 2), torch.zeros(2, 2), None, None, False,
+        torch.zeros(3, 2, 2), torch.zeros(3, 2, 8), torch.zeros(3, 2, 2), torch.zeros(3, 2, 2)),
+     r"without w_hr, h_raw must be empty \(as lstm_layer_fwd returns it\), got shape \[3, 2, 2\]"),
 ]
 
 

@@ -28,12 +28,12 @@ def test_reference_cell_bwd_matches_autograd():
 def test_reference_layer_bwd_matches_autograd(layout, proj, reverse):
     x_proj, w_hh, h0, c0, w_hr, batch_sizes, _ = layer_sample(layout, proj, reverse)
     inputs = [t.requires_grad_() for t in (x_proj, w_hh, h0, c0) + ((w_hr,) if proj else ())]
-    out, h_n, c_n, acts, cells = reference.lstm_layer_fwd(x_proj, w_hh, h0, c0, w_hr, batch_sizes,
-                                                          reverse)
+    out, h_n, c_n, acts, cells, h_raw = reference.lstm_layer_fwd(x_proj, w_hh, h0, c0, w_hr, batch_sizes,
+                                                                 reverse)
     grads = grads_like((out, h_n, c_n), 2)
     expected = torch.autograd.grad((out, h_n, c_n), inputs, grads)
     actual = reference.lstm_layer_bwd(*grads, w_hh, h0, c0, w_hr, batch_sizes, reverse,
-                                      out.detach(), acts.detach(), cells.detach())
+                                      out.detach(), acts.detach(), cells.detach(), h_raw.detach())
     for a, e in zip(actual, expected):
         assert_close(a, e, torch.float64)
 
@@ -96,7 +96,7 @@ def test_layer_without_saving_matches(layout, proj, reverse, device):
     unsaved = ops.cpp.layer_fwd(*args, False)
     for a, e in zip(unsaved[:3], saved[:3]):
         assert_close(a, e, torch.float64)
-    assert unsaved[3].numel() == 0 and unsaved[4].numel() == 0
+    assert unsaved[3].numel() == unsaved[4].numel() == unsaved[5].numel() == 0
 
 
 @needs_cpp

@@ -18,7 +18,7 @@ std::tuple<at::Tensor, at::Tensor> lstm_cell_bwd_cpu(const at::Tensor& grad_h,
                                                      const at::Tensor& c_prev,
                                                      const at::Tensor& c);
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cpu(
     const at::Tensor& x_proj, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0,
     const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes,
     bool reverse, bool save_for_backward);
@@ -28,6 +28,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     const std::optional<at::Tensor>& grad_c_n, const at::Tensor& w_hh, const at::Tensor& h0,
     const at::Tensor& c0, const std::optional<at::Tensor>& w_hr,
     const std::optional<at::Tensor>& batch_sizes, bool reverse, const at::Tensor& output,
-    const at::Tensor& acts, const at::Tensor& cells);
+    const at::Tensor& acts, const at::Tensor& cells, const at::Tensor& h_raw);
 
 }  // namespace fusedlstm::cpu

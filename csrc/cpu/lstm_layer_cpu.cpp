@@ -58,7 +58,7 @@ int64_t first_step(const LayerGeometry& g, int64_t b) { return g.reverse ? lengt
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cpu(
     const at::Tensor& x_proj, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0,
     const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes,
     bool reverse, bool save_for_backward) {
@@ -76,7 +76,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   at::Tensor cells = at::empty({save_for_backward ? g.rows : 0, H}, opts);
   const auto math_dtype = at::toOpMathType(x_proj.scalar_type());
   at::Tensor c_state = c0.to(math_dtype, /*non_blocking=*/false, /*copy=*/true).contiguous();  // [B, H]
-  at::Tensor h_raw = at::empty({proj ? g.B : 0, H}, opts);  // o * tanh(c), before W_hr
+  // o * tanh(c), the projection's input: every step's when saving, else one step's.
+  at::Tensor h_raw = at::empty({proj ? (save_for_backward ? g.rows : g.B) : 0, H}, opts);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x_proj.scalar_type(), "lstm_layer_fwd_cpu", [&] {
     using IO = VecIO<scalar_t>;
@@ -102,7 +103,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
         const int64_t off_prev = k > 0 ? g.offset[g.step(k - 1)] : 0;
         const RowSource<scalar_t> h_prev{out_p + off_prev * P, P, g.rows_from_previous(k), h0_p, P};
         const scalar_t* x = xp_p + off * G;
-        scalar_t* h_dst = proj ? hr_p : out_p + off * P;
+        scalar_t* hr_step = proj ? hr_p + (save_for_backward ? off : 0) * H : nullptr;
+        scalar_t* h_dst = proj ? hr_step : out_p + off * P;
         const int64_t h_ld = proj ? H : P;
         const int64_t u0 = gate_panels.first * U, u1 = std::min(H, gate_panels.second * U);
         for (int64_t gate = 0; gate < 4; ++gate) {
@@ -133,7 +135,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
         });
         team.barrier();
         if (proj) {
-          const RowSource<scalar_t> raw{hr_p, H, n, hr_p, H};
+          const RowSource<scalar_t> raw{hr_step, H, n, hr_step, H};
           multiply_rows(raw, n, proj_w, proj_panels,
                         [&](int64_t p, int64_t r0, int64_t mr, const Accumulators<scalar_t>* acc) {
             for (int64_t i = 0; i < mr; ++i)
@@ -152,11 +154,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   if (save_for_backward) {
     acts = acts.view(g.shape(G));
     cells = cells.view(g.shape(H));
+    h_raw = proj ? h_raw.view(g.shape(H)) : at::empty({0}, opts);
   } else {
     acts = at::empty({0}, opts);
     cells = at::empty({0}, opts);
+    h_raw = at::empty({0}, opts);
   }
-  return {output.view(g.shape(P)), h_n, c_state.to(x_proj.scalar_type()), acts, cells};
+  return {output.view(g.shape(P)), h_n, c_state.to(x_proj.scalar_type()), acts, cells, h_raw};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_bwd_cpu(
@@ -164,9 +168,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     const std::optional<at::Tensor>& grad_c_n, const at::Tensor& w_hh, const at::Tensor& h0,
     const at::Tensor& c0, const std::optional<at::Tensor>& w_hr,
     const std::optional<at::Tensor>& batch_sizes, bool reverse, const at::Tensor& output,
-    const at::Tensor& acts, const at::Tensor& cells) {
+    const at::Tensor& acts, const at::Tensor& cells, const at::Tensor& h_raw) {
   const LayerGeometry g = check_layer_bwd_args(grad_output, grad_h_n, grad_c_n, w_hh, h0, c0,
-                                               w_hr, batch_sizes, reverse, output, acts, cells);
+                                               w_hr, batch_sizes, reverse, output, acts, cells,
+                                               h_raw);
   check_device_type(acts, c10::DeviceType::CPU, "acts");
   const int64_t H = g.H, P = g.P, G = 4 * H;
   const bool proj = w_hr.has_value();
@@ -316,8 +321,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   }
   at::Tensor grad_w_hr = at::empty({0}, opts);
   if (proj) {
-    const at::Tensor h_raw = acts2.narrow(1, 3 * H, H).mul(cells2.tanh());  // o * tanh(c)
-    grad_w_hr = at::mm(dh_out.t(), h_raw);                                  // [P, H]
+    grad_w_hr = at::mm(dh_out.t(), h_raw.contiguous().view({g.rows, H}));  // [P, H]
   }
   return {grad_x.view(g.shape(G)), grad_w_hh, grad_h0, dc_state.to(acts.scalar_type()), grad_w_hr};
 }

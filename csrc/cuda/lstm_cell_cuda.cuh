@@ -58,8 +58,7 @@ struct CellBwdStep {
   FUSEDLSTM_HOST_DEVICE void units(int64_t b, int j) const {
     const int64_t g = b * 4 * H + j, u = b * H + j;
     lstm_bwd_units<VEC>(H, grad_h + u, static_cast<const scalar_t*>(nullptr), grad_c + u, act + g,
-                        c_prev + u, c + u, grad_gates + g, grad_c_prev + u,
-                        static_cast<scalar_t*>(nullptr));
+                        c_prev + u, c + u, grad_gates + g, grad_c_prev + u);
   }
 };
 

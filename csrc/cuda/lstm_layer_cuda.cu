@@ -12,7 +12,7 @@
 
 namespace fusedlstm::cuda {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cuda(
     const at::Tensor& x_proj, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0,
     const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes,
     bool reverse, bool save_for_backward) {
@@ -29,14 +29,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     const std::optional<at::Tensor>& grad_c_n, const at::Tensor& w_hh, const at::Tensor& h0,
     const at::Tensor& c0, const std::optional<at::Tensor>& w_hr,
     const std::optional<at::Tensor>& batch_sizes, bool reverse, const at::Tensor& output,
-    const at::Tensor& acts, const at::Tensor& cells) {
+    const at::Tensor& acts, const at::Tensor& cells, const at::Tensor& h_raw) {
   const LayerGeometry g = check_layer_bwd_args(grad_output, grad_h_n, grad_c_n, w_hh, h0, c0,
-                                               w_hr, batch_sizes, reverse, output, acts, cells);
+                                               w_hr, batch_sizes, reverse, output, acts, cells,
+                                               h_raw);
   check_cuda_tensor(acts, "acts");
   check_hidden_size_fits(g.H);
   const c10::cuda::CUDAGuard device_guard(acts.device());
   return run_layer_bwd(KernelRows{at::cuda::getCurrentCUDAStream()}, g, grad_output, grad_h_n,
-                       grad_c_n, w_hh, h0, c0, w_hr, output, acts, cells);
+                       grad_c_n, w_hh, h0, c0, w_hr, output, acts, cells, h_raw);
 }
 
 }  // namespace fusedlstm::cuda

@@ -33,8 +33,11 @@
 //   with one, dL/d(out) is needed as a tensor for grad_w_hr, so it is formed
 //   by at::add_out into a buffer that the final GEMM reads.
 // - The backward kernel also gathers each step's GEMM input h_prev (the
-//   previous step's output rows or h0) and, with a projection, h = o*tanh(c),
-//   for the weight-gradient GEMMs: no per-step copies after the loop.
+//   previous step's output rows or h0) for the weight-gradient GEMM: no
+//   per-step copies after the loop. With a projection, the forward saves
+//   h = o*tanh(c) of every step (h_raw, rounded once from float), which
+//   grad_w_hr needs; recomputing it from the rounded o and c had 2.3x
+//   cuDNN's error in float16 (H200, 2026-11-28).
 // - Half and bfloat16: the gate math runs in float, and the cell state c and
 //   its gradient, which carry across steps and are touched only by these
 //   kernels, stay in float between steps (rounded to the data type only where
@@ -77,7 +80,7 @@ struct LayerFwdStep {
   scalar_t* acts;          // [n, 4H]: in: the recurrent GEMM's result, out: post-activation gates
   state_t* c_state;        // [n, H]: in: c_prev, out: c
   scalar_t* cells;         // [n, H] or null: c again (saved for the backward)
-  scalar_t* h;             // [n, H]: output rows (no projection, P == H) or h_raw, the projection's input
+  scalar_t* h;             // [n, H]: output rows (no projection, P == H) or the step's h_raw rows
   scalar_t* h_state;       // [n, H] or null: h again (no projection)
 
   // The work of one thread: hidden units j..j+VEC-1 of row b.
@@ -112,7 +115,6 @@ struct LayerBwdStep {
   const scalar_t* h0;        // [B, P]
   scalar_t* d_gates;         // [n, 4H] -> grad_x_proj rows
   scalar_t* h_prev;          // [n, P] -> the step's GEMM input (for grad_w_hh)
-  scalar_t* h_raw;           // [n, H] or null -> o * tanh(c) (for grad_w_hr)
 
   // The work of one thread: hidden units j..j+VEC-1 of row b, and the same
   // columns of h_prev (of each stretch of H columns: one stretch unless P > H).
@@ -121,8 +123,7 @@ struct LayerBwdStep {
     const bool continues = b < from_prev;
     const int64_t g = b * 4 * H + j, u = b * H + j;
     lstm_bwd_units<VEC>(H, dh + u, grad_out ? grad_out + u : nullptr, dc + u, act + g,
-                        (continues ? c_prev : c0) + u, c + u, d_gates + g, dc + u,
-                        h_raw ? h_raw + u : nullptr);
+                        (continues ? c_prev : c0) + u, c + u, d_gates + g, dc + u);
     const scalar_t* h_src = (continues ? out_prev : h0) + b * P;
     scalar_t* h_dst = h_prev + b * P;
     for (int64_t col = j; col < P; col += H) {
@@ -144,7 +145,7 @@ __global__ void _lstm_layer_bwd_kernel(LayerBwdStep<scalar_t, state_t> step) {
 // lstm_layer_fwd on checked arguments (geometry `g`); `rows` runs each step's
 // pointwise pass (KernelRows: as a kernel).
 template <typename Rows>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_layer_fwd(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_layer_fwd(
     const Rows& rows, const LayerGeometry& g, const at::Tensor& x_proj, const at::Tensor& w_hh,
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& w_hr,
     bool save) {
@@ -164,7 +165,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_layer
   at::Tensor cells = at::empty({save ? g.rows : 0, H}, opts);
   at::Tensor h_state = h0.contiguous().clone();  // [B, P]
   at::Tensor c_state = c0.contiguous().to(state_type, /*non_blocking=*/false, /*copy=*/true);  // [B, H]
-  at::Tensor h_raw = at::empty({proj ? g.B : 0, H}, opts);  // [B, H]
+  // o * tanh(c), the projection's input: every step's when saving, else one step's.
+  at::Tensor h_raw = at::empty({proj ? (save ? g.rows : g.B) : 0, H}, opts);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x_proj.scalar_type(), "lstm_layer_fwd_cuda", [&] {
     using state_t = at::opmath_type<scalar_t>;
@@ -185,12 +187,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_layer
     for (int64_t k = 0; k < g.T; ++k) {
       const int64_t t = g.step(k), n = g.batch_sizes[t], off = g.offset[t];
       if (n == 0) continue;  // an empty batch (B == 0)
-      const int64_t gate_row = save ? off : 0;
+      const int64_t gate_row = save ? off : 0;  // also the step's first h_raw row
       at::Tensor rec = acts.narrow(0, gate_row, n);
       at::mm_out(rec, h_state.narrow(0, 0, n), w_hh_t);
       const LayerFwdStep<scalar_t, state_t> step{
           n, static_cast<int>(H), xp_p + off * G, acts_p + gate_row * G, cs_p,
-          save ? cells_p + off * H : nullptr, proj ? hr_p : out_p + off * P,
+          save ? cells_p + off * H : nullptr, proj ? hr_p + gate_row * H : out_p + off * P,
           proj ? nullptr : hs_p};
       if (vec) {
         rows.template run<V>(_lstm_layer_fwd_kernel<V, scalar_t, state_t>, step);
@@ -199,7 +201,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_layer
       }
       if (proj) {
         at::Tensor out_t = output.narrow(0, off, n);
-        at::mm_out(out_t, h_raw.narrow(0, 0, n), w_hr_t);
+        at::mm_out(out_t, h_raw.narrow(0, gate_row, n), w_hr_t);
         h_state.narrow(0, 0, n).copy_(out_t);
       }
     }
@@ -209,11 +211,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_layer
   if (!save) {
     acts = at::empty({0}, opts);
     cells = at::empty({0}, opts);
+    h_raw = at::empty({0}, opts);
   } else {
     acts = acts.view(g.shape(G));
     cells = cells.view(g.shape(H));
+    h_raw = proj ? h_raw.view(g.shape(H)) : at::empty({0}, opts);
   }
-  return {output.view(g.shape(P)), h_state, c_n, acts, cells};
+  return {output.view(g.shape(P)), h_state, c_n, acts, cells, h_raw};
 }
 
 // lstm_layer_bwd on checked arguments (geometry `g`); `rows` runs each step's
@@ -224,7 +228,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_layer
     const std::optional<at::Tensor>& grad_h_n, const std::optional<at::Tensor>& grad_c_n,
     const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0,
     const std::optional<at::Tensor>& w_hr, const at::Tensor& output, const at::Tensor& acts,
-    const at::Tensor& cells) {
+    const at::Tensor& cells, const at::Tensor& h_raw) {
   const int64_t H = g.H, P = g.P, G = 4 * H;
   const bool proj = w_hr.has_value();
   const auto opts = acts.options();
@@ -248,10 +252,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_layer
           ? grad_c_n->contiguous().to(state_type, /*non_blocking=*/false, /*copy=*/true)
           : at::zeros({g.B, H}, opts.dtype(state_type));
   at::Tensor h_prev = at::empty({g.rows, P}, opts);  // every step's recurrent GEMM input
-  // With a projection: dL/d(out) and h = o * tanh(c) of every step (for
-  // grad_w_hr), and dL/dh of the current step.
+  // With a projection: dL/d(out) of every step (for grad_w_hr), and dL/dh
+  // of the current step.
   at::Tensor dh_out_all = at::empty({proj ? g.rows : 0, P}, opts);
-  at::Tensor h_raw_all = at::empty({proj ? g.rows : 0, H}, opts);
   at::Tensor dh_raw = at::empty({proj ? g.B : 0, H}, opts);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, acts.scalar_type(), "lstm_layer_bwd_cuda", [&] {
@@ -266,14 +269,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_layer
     scalar_t* dhs_p = kernel_output<scalar_t>(dh_state, "dh_state");
     state_t* dcs_p = kernel_output<state_t>(dc_state, "dc_state");
     scalar_t* hp_p = kernel_output<scalar_t>(h_prev, "h_prev");
-    scalar_t* hra_p = proj ? kernel_output<scalar_t>(h_raw_all, "h_raw_all") : nullptr;
     scalar_t* dhr_p = proj ? kernel_output<scalar_t>(dh_raw, "dh_raw") : nullptr;
     // As in the forward: aligned bases and H % V == 0 align every step's
     // vector accesses (h_prev, out_prev and h0 are copied element-wise).
     constexpr int V = kVecWidth<scalar_t>;
     const bool vec =
         H % V == 0 &&
-        all_aligned(V * sizeof(scalar_t), acts_p, cells_p, go_p, c0_p, gx_p, dhs_p, hra_p, dhr_p) &&
+        all_aligned(V * sizeof(scalar_t), acts_p, cells_p, go_p, c0_p, gx_p, dhs_p, dhr_p) &&
         all_aligned(V * sizeof(state_t), dcs_p);
 
     for (int64_t k = g.T - 1; k >= 0; --k) {
@@ -308,7 +310,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_layer
       step.h0 = h0_p;
       step.d_gates = gx_p + off * G;
       step.h_prev = hp_p + off * P;
-      step.h_raw = proj ? hra_p + off * H : nullptr;
       if (vec) {
         rows.template run<V>(_lstm_layer_bwd_kernel<V, scalar_t, state_t>, step);
       } else {
@@ -320,7 +321,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_layer
   });
 
   at::Tensor grad_w_hh = at::mm(grad_x.t(), h_prev);  // [4H, P]
-  at::Tensor grad_w_hr = proj ? at::mm(dh_out_all.t(), h_raw_all)  // [P, H]
+  at::Tensor grad_w_hr = proj ? at::mm(dh_out_all.t(), h_raw.contiguous().view({g.rows, H}))  // [P, H]
                               : at::empty({0}, opts);
   at::Tensor grad_c0 = dc_state.to(acts.scalar_type());  // dc_state itself when already that type
   return {grad_x.view(g.shape(G)), grad_w_hh, dh_state, grad_c0, grad_w_hr};

@@ -102,13 +102,12 @@ FUSEDLSTM_HOST_DEVICE void lstm_fwd_units(int H, const scalar_t* pre_a, const sc
 //   dh_a [H] (+ dh_b [H] when not null): gradient reaching h
 //   dc [H] (state_t): gradient reaching c; act [4H], c_prev [H], c [H]
 //   -> d_gates [4H] (pre-activation gradients), dc_prev [H] (state_t, may
-//   alias dc); h_out, when not null, receives h = o * tanh(c) (the
-//   projection's input, for the gradient of w_hr).
+//   alias dc).
 template <int VEC, typename scalar_t, typename state_t>
 FUSEDLSTM_HOST_DEVICE void lstm_bwd_units(int H, const scalar_t* dh_a, const scalar_t* dh_b,
                                           const state_t* dc, const scalar_t* act,
                                           const scalar_t* c_prev, const scalar_t* c,
-                                          scalar_t* d_gates, state_t* dc_prev, scalar_t* h_out) {
+                                          scalar_t* d_gates, state_t* dc_prev) {
   using math_t = at::opmath_type<scalar_t>;
   Pack<scalar_t, VEC> a_in[4];
 #pragma unroll
@@ -119,7 +118,7 @@ FUSEDLSTM_HOST_DEVICE void lstm_bwd_units(int H, const scalar_t* dh_a, const sca
   const Pack<state_t, VEC> dc_in = load_pack<VEC>(dc);
   const Pack<scalar_t, VEC> cp = load_pack<VEC>(c_prev);
   const Pack<scalar_t, VEC> cc = load_pack<VEC>(c);
-  Pack<scalar_t, VEC> out_d[4], out_h;
+  Pack<scalar_t, VEC> out_d[4];
   Pack<state_t, VEC> out_dc;
 #pragma unroll
   for (int e = 0; e < VEC; ++e) {
@@ -136,12 +135,10 @@ FUSEDLSTM_HOST_DEVICE void lstm_bwd_units(int H, const scalar_t* dh_a, const sca
     out_d[2].v[e] = static_cast<scalar_t>(d.g);
     out_d[3].v[e] = static_cast<scalar_t>(d.o);
     out_dc.v[e] = static_cast<state_t>(dcp);
-    if (h_out) out_h.v[e] = static_cast<scalar_t>(hidden_state(a, cj));
   }
 #pragma unroll
   for (int k = 0; k < 4; ++k) store_pack<VEC>(d_gates + k * H, out_d[k]);
   store_pack<VEC>(dc_prev, out_dc);
-  if (h_out) store_pack<VEC>(h_out, out_h);
 }
 
 // --- running a step's pointwise pass ---------------------------------------------------------

@@ -129,7 +129,7 @@ def check_layer_args(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr:
 def check_layer_bwd_args(grad_output: Tensor | None, grad_h_n: Tensor | None,
                          grad_c_n: Tensor | None, w_hh: Tensor, h0: Tensor, c0: Tensor,
                          w_hr: Tensor | None, batch_sizes: Tensor | None, output: Tensor,
-                         acts: Tensor, cells: Tensor, interpreted: bool) -> LayerShape:
+                         acts: Tensor, cells: Tensor, h_raw: Tensor, interpreted: bool) -> LayerShape:
     s = check_layer_args(acts, w_hh, h0, c0, w_hr, batch_sizes, interpreted)
     check_like(output, acts, "output", "acts")
     check_like(cells, acts, "cells", "acts")
@@ -139,6 +139,14 @@ def check_layer_bwd_args(grad_output: Tensor | None, grad_h_n: Tensor | None,
     if list(cells.shape) != lead + [s.H]:
         _fail(f"cells must have shape {lead + [s.H]} (was the forward run with "
               f"save_for_backward=True?), got {list(cells.shape)}")
+    if w_hr is not None:
+        check_like(h_raw, acts, "h_raw", "acts")
+        if list(h_raw.shape) != lead + [s.H]:
+            _fail(f"with w_hr, h_raw must have shape {lead + [s.H]} (lstm_layer_fwd's h_raw), "
+                  f"got {list(h_raw.shape)}")
+    elif h_raw.numel() != 0:
+        _fail(f"without w_hr, h_raw must be empty (as lstm_layer_fwd returns it), got shape "
+              f"{list(h_raw.shape)}")
     if grad_output is not None:
         check_like(grad_output, acts, "grad_output", "acts")
         if grad_output.shape != output.shape:

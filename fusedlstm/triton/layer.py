@@ -31,7 +31,7 @@ from .steps import Steps, weight_gradients
 def lstm_layer_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Tensor | None,
                    steps: Steps, save_for_backward: bool):
     """The contract's lstm_layer_fwd (arguments already checked; `steps` from
-    batch_sizes and reverse) -> output, h_n, c_n, acts, cells."""
+    batch_sizes and reverse) -> output, h_n, c_n, acts, cells, h_raw."""
     T, B = steps.T, steps.B
     H, P = c0.shape[1], w_hh.shape[1]
     x = steps.to_padded(x_proj)                         # [T, B, 4H]
@@ -39,28 +39,30 @@ def lstm_layer_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: T
     acts = x.new_empty(T, B, 4 * H) if save_for_backward else None
     cells = x.new_empty(T, B, H) if save_for_backward else None
     pre = None if save_for_backward else x.new_empty(B, 4 * H)
-    h_raw = x.new_empty(B, H) if w_hr is not None else None
+    # o * tanh(c), the projection's input: every step's when saving, else one step's.
+    h_raw = (x.new_empty(T, B, H) if save_for_backward else x.new_empty(B, H)) if w_hr is not None else None
     h_state = h0.contiguous().clone()
     c_state = c0.contiguous().clone()
     w_hh_t = w_hh.t()
     for t in steps.order:
         gates = acts[t] if save_for_backward else pre
         torch.addmm(x[t], h_state, w_hh_t, out=gates)
-        h = h_raw if w_hr is not None else out[t]
+        h = (h_raw[t] if save_for_backward else h_raw) if w_hr is not None else out[t]
         lstm_cell_fwd(gates, c_state, out=(gates, c_state, h),
                       c_copy=cells[t] if save_for_backward else None,
                       h_copy=None if w_hr is not None else h_state, rows=steps.rows(t))
         if w_hr is not None:
-            torch.mm(h_raw, w_hr.t(), out=out[t])
+            torch.mm(h, w_hr.t(), out=out[t])
             steps.commit(h_state, out[t], t)
     return (steps.to_packed(out), h_state, c_state,
             steps.to_packed(acts) if save_for_backward else x.new_empty(0),
-            steps.to_packed(cells) if save_for_backward else x.new_empty(0))
+            steps.to_packed(cells) if save_for_backward else x.new_empty(0),
+            steps.to_packed(h_raw) if save_for_backward and w_hr is not None else x.new_empty(0))
 
 
 def lstm_layer_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_c_n: Tensor | None,
                    w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Tensor | None, steps: Steps,
-                   output: Tensor, acts: Tensor, cells: Tensor):
+                   output: Tensor, acts: Tensor, cells: Tensor, h_raw: Tensor):
     """The contract's lstm_layer_bwd (arguments already checked)
     -> grad_x_proj, grad_w_hh, grad_h0, grad_c0, grad_w_hr (None without w_hr)."""
     T, B = steps.T, steps.B
@@ -94,5 +96,5 @@ def lstm_layer_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_c_n
             torch.mm(grad_x[t], w_hh, out=dh)
     grad_x = steps.to_packed(grad_x)
     grad_out = steps.to_packed(dh_out) if w_hr is not None else None
-    grad_w_hh, grad_w_hr = weight_gradients(steps, grad_x, output, h0, acts, cells, grad_out)
+    grad_w_hh, grad_w_hr = weight_gradients(steps, grad_x, output, h0, h_raw, grad_out)
     return grad_x, grad_w_hh, dh, dc, grad_w_hr

@@ -71,7 +71,7 @@ def lstm_cell_bwd(grad_h: Tensor, grad_c: Tensor, act: Tensor, c_prev: Tensor,
 @triton_op("fusedlstm::triton_lstm_layer_fwd", mutates_args=())
 def lstm_layer_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Optional[Tensor],
                    batch_sizes: Optional[Tensor], reverse: bool,
-                   save_for_backward: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                   save_for_backward: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     s = check_layer_args(x_proj, w_hh, h0, c0, w_hr, batch_sizes, INTERPRETED)
     steps = Steps(batch_sizes, s.T, s.B, s.rows, reverse, x_proj.device)
     args = (x_proj, w_hh, h0, c0, w_hr, steps, save_for_backward)
@@ -90,12 +90,12 @@ def lstm_layer_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: O
 def lstm_layer_bwd(grad_output: Optional[Tensor], grad_h_n: Optional[Tensor],
                    grad_c_n: Optional[Tensor], w_hh: Tensor, h0: Tensor, c0: Tensor,
                    w_hr: Optional[Tensor], batch_sizes: Optional[Tensor], reverse: bool,
-                   output: Tensor, acts: Tensor,
-                   cells: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                   output: Tensor, acts: Tensor, cells: Tensor,
+                   h_raw: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     s = check_layer_bwd_args(grad_output, grad_h_n, grad_c_n, w_hh, h0, c0, w_hr, batch_sizes,
-                             output, acts, cells, INTERPRETED)
+                             output, acts, cells, h_raw, INTERPRETED)
     steps = Steps(batch_sizes, s.T, s.B, s.rows, reverse, acts.device)
-    args = (grad_output, grad_h_n, grad_c_n, w_hh, h0, c0, w_hr, steps, output, acts, cells)
+    args = (grad_output, grad_h_n, grad_c_n, w_hh, h0, c0, w_hr, steps, output, acts, cells, h_raw)
     implementation = layer_implementation(s.H, s.P, acts.dtype)
     if implementation == "persistent":
         grads = lstm_persistent_bwd(*args)

@@ -16,8 +16,9 @@ hidden dimension is the M of the product and the small batch tile its N):
     pre_g [H, 16] = x_proj[t]_g^T + W_g [H, P] @ h^T [P, 16]   tl.dot per gate g
     i, f, g, o, c, h_raw = gate math (gate_math.py)
     h^T  [P, 16]  = W_hr [P, H] @ h_raw^T                      with a projection
-and writes output, and acts / cells when saving. h enters the product in
-the data's dtype (bf16 / fp16 tensor-core products, float32 accumulation);
+and writes output, and acts / cells (and h_raw, with a projection) when
+saving. h enters the product in the data's dtype (bf16 / fp16 tensor-core
+products, float32 accumulation);
 float32 data uses input_precision="ieee" (no TF32), for float32 accuracy.
 
 Masking
@@ -137,7 +138,7 @@ def _lstm_persistent_fwd_kernel(
     x_ptr, w_hh_ptr, w_hr_ptr,             # [N, 4H], [4H, P], [P, H] (HAS_PROJ)
     h0_ptr, c0_ptr,                        # [B, P], [B, H]
     out_ptr, h_n_ptr, c_n_ptr,             # [N, P], [B, P], [B, H]
-    acts_ptr, cells_ptr,                   # [N, 4H], [N, H] (SAVE)
+    acts_ptr, cells_ptr, h_raw_ptr,        # [N, 4H], [N, H] (SAVE), [N, H] (SAVE and HAS_PROJ)
     sizes_ptr, offsets_ptr,                # int32 [T] (PACKED)
     T, B, H, P,
     HAS_PROJ: tl.constexpr, PACKED: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
@@ -179,7 +180,10 @@ def _lstm_persistent_fwd_kernel(
                     input_precision="ieee")
         i, f, g, o, c_new, h_new = gates_forward(pi, pf, pg, po, c)
         if HAS_PROJ:
-            h_new = tl.dot(w_r, h_new.to(out_ty).to(DOT), input_precision="ieee").to(MATH)  # [BP, BB]
+            h_raw = h_new.to(out_ty)                          # [BH, BB], the projection's input
+            if SAVE:
+                tl.store(h_raw_ptr + row[None, :] * H + j[:, None], h_raw, mask=mh)
+            h_new = tl.dot(w_r, h_raw.to(DOT), input_precision="ieee").to(MATH)  # [BP, BB]
 
         tl.store(out_ptr + row[None, :] * P + p[:, None], h_new.to(out_ty),
                  mask=pm[:, None] & active[None, :])
@@ -286,31 +290,34 @@ def _blocks(H: int, P: int) -> tuple[int, int]:
 def lstm_persistent_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Tensor | None,
                         steps: Steps, save_for_backward: bool):
     """The contract's lstm_layer_fwd in one launch (arguments checked, sizes
-    within `fits`) -> output, h_n, c_n, acts, cells."""
+    within `fits`) -> output, h_n, c_n, acts, cells, h_raw."""
     B, H, P = steps.B, c0.shape[1], w_hh.shape[1]
     x = x_proj.contiguous()
     output = x.new_empty(*x.shape[:-1], P)
     h_n, c_n = h0.new_empty(B, P), c0.new_empty(B, H)
     acts = x.new_empty(x.shape) if save_for_backward else x.new_empty(0)
     cells = x.new_empty(*x.shape[:-1], H) if save_for_backward else x.new_empty(0)
+    save_raw = save_for_backward and w_hr is not None
+    h_raw = x.new_empty(*x.shape[:-1], H) if save_raw else x.new_empty(0)
     block_h, block_p = _blocks(H, P)
     if B > 0:
         wrap_triton(_lstm_persistent_fwd_kernel)[(triton.cdiv(B, BLOCK_B),)](
             x, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else None,
             h0.contiguous(), c0.contiguous(), output, h_n, c_n,
             acts if save_for_backward else None, cells if save_for_backward else None,
+            h_raw if save_raw else None,
             steps.sizes, steps.offsets, steps.T, B, H, P,
             HAS_PROJ=w_hr is not None, PACKED=steps.packed, REVERSE=steps.reverse,
             SAVE=save_for_backward, MATH=math_dtype(x.dtype),
             DOT=dot_dtype(x.dtype, _lstm_persistent_fwd_kernel), BLOCK_B=BLOCK_B,
             BLOCK_H=block_h, BLOCK_P=block_p, num_warps=num_warps(block_h, block_p))
-    return output, h_n, c_n, acts, cells
+    return output, h_n, c_n, acts, cells, h_raw
 
 
 def lstm_persistent_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None,
                         grad_c_n: Tensor | None, w_hh: Tensor, h0: Tensor, c0: Tensor,
                         w_hr: Tensor | None, steps: Steps, output: Tensor, acts: Tensor,
-                        cells: Tensor):
+                        cells: Tensor, h_raw: Tensor):
     """The contract's lstm_layer_bwd with the recurrence in one launch
     -> grad_x_proj, grad_w_hh, grad_h0, grad_c0, grad_w_hr (None without w_hr)."""
     B, H, P = steps.B, c0.shape[1], w_hh.shape[1]
@@ -332,5 +339,5 @@ def lstm_persistent_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None,
             REVERSE=steps.reverse, MATH=math_dtype(acts.dtype),
             DOT=dot_dtype(acts.dtype, _lstm_persistent_bwd_kernel), BLOCK_B=BLOCK_B,
             BLOCK_H=block_h, BLOCK_P=block_p, num_warps=num_warps(block_h, block_p))
-    grad_w_hh, grad_w_hr = weight_gradients(steps, grad_x, output, h0, acts, cells, dh_out)
+    grad_w_hh, grad_w_hr = weight_gradients(steps, grad_x, output, h0, h_raw, dh_out)
     return grad_x, grad_w_hh, grad_h0, grad_c0, grad_w_hr

@@ -93,18 +93,17 @@ class Steps:
         return self.to_packed(self.previous_padded(x, initial))
 
 
-def weight_gradients(steps: Steps, grad_x: Tensor, output: Tensor, h0: Tensor, acts: Tensor,
-                     cells: Tensor, grad_out: Tensor | None) -> tuple[Tensor, Tensor | None]:
+def weight_gradients(steps: Steps, grad_x: Tensor, output: Tensor, h0: Tensor, h_raw: Tensor,
+                     grad_out: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """The weight gradients of a layer as single GEMMs over all steps.
 
-    grad_x [.., 4H] (pre-activation gradients), output [.., P], acts
-    [.., 4H], cells [.., H], grad_out [.., P] (dL/d(projected h), with a
-    projection), all in the per-step layout; h0 [B, P].
+    grad_x [.., 4H] (pre-activation gradients), output [.., P], h_raw [.., H]
+    (o * tanh(c), saved by the forward) and grad_out [.., P] (dL/d(projected
+    h)) with a projection, all in the per-step layout; h0 [B, P].
     -> grad_w_hh [4H, P], grad_w_hr [P, H] (None without a projection)."""
-    G, P, H = grad_x.shape[-1], output.shape[-1], cells.shape[-1]
+    G, P = grad_x.shape[-1], output.shape[-1]
     h_prev = steps.previous(output, h0).reshape(-1, P)                 # [rows, P]
     grad_w_hh = grad_x.reshape(-1, G).t().mm(h_prev)                   # [4H, P]
     if grad_out is None:
         return grad_w_hh, None
-    h_raw = acts.reshape(-1, G)[:, 3 * H:] * cells.reshape(-1, H).tanh()  # o * tanh(c)
-    return grad_w_hh, grad_out.reshape(-1, P).t().mm(h_raw)            # [P, H]
+    return grad_w_hh, grad_out.reshape(-1, P).t().mm(h_raw.reshape(-1, h_raw.shape[-1]))  # [P, H]

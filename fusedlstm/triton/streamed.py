@@ -23,7 +23,7 @@ State between steps (per program, in global scratch memory)
 
 Forward, per step, for each chunk of BLOCK_J hidden units:
     pre_g [BJ, 16] = x_proj[t]_g^T + sum_k W_g[chunk, k-chunk] @ h^T[k-chunk]
-    gate math, c chunk, h chunk -> output (or h_raw), acts, cells
+    gate math, c chunk, h chunk -> output (or h_raw), acts, cells (and h_raw)
   then, with a projection, h^T = W_hr @ h_raw^T in chunks of outputs.
 Rows that do not take part in step t (packed input) copy their h forward
 and keep their c, as in persistent.py.
@@ -74,6 +74,7 @@ def carry(src, dst, at, mask, active, value):
 def _lstm_streamed_fwd_kernel(
     x_ptr, w_hh_ptr, w_hr_ptr,             # [N, 4H], [4H, P], [P, H] (HAS_PROJ)
     out_ptr, acts_ptr, cells_ptr,          # [N, P], [N, 4H] and [N, H] (SAVE)
+    h_raw_ptr,                             # [N, H] (SAVE and HAS_PROJ)
     h_buf_ptr, c_buf_ptr, hr_buf_ptr,      # [2, B, P] (both h0), [B, H] MATH (c0), [B, H] (HAS_PROJ)
     sizes_ptr, offsets_ptr,                # int32 [T] (PACKED)
     T, B, H, P,
@@ -119,6 +120,8 @@ def _lstm_streamed_fwd_kernel(
                 tl.store(cells_ptr + row[None, :] * H + j[:, None], c_new.to(out_ty), mask=mh)
             if HAS_PROJ:
                 tl.store(hr_buf_ptr + state, h_new.to(out_ty), mask=mh)
+                if SAVE:
+                    tl.store(h_raw_ptr + row[None, :] * H + j[:, None], h_new.to(out_ty), mask=mh)
             else:
                 tl.store(out_ptr + row[None, :] * P + j[:, None], h_new.to(out_ty), mask=mh)
                 carry(h_src, h_dst, b[None, :] * P + j[:, None], jm[:, None] & in_batch[None, :], active,
@@ -244,31 +247,33 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
 def lstm_streamed_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Tensor | None,
                       steps: Steps, save_for_backward: bool):
     """The contract's lstm_layer_fwd in one launch, weights streamed
-    (arguments checked) -> output, h_n, c_n, acts, cells."""
+    (arguments checked) -> output, h_n, c_n, acts, cells, h_raw."""
     B, H, P = steps.B, c0.shape[1], w_hh.shape[1]
     x = x_proj.contiguous()
     output = x.new_empty(*x.shape[:-1], P)
     acts = x.new_empty(x.shape) if save_for_backward else x.new_empty(0)
     cells = x.new_empty(*x.shape[:-1], H) if save_for_backward else x.new_empty(0)
+    save_raw = save_for_backward and w_hr is not None
+    h_raw = x.new_empty(*x.shape[:-1], H) if save_raw else x.new_empty(0)
     h_buf = h0.contiguous().repeat(2, 1)                        # [2 * B, P]
     c_buf = c0.to(_state_dtype(c0.dtype)).contiguous().clone()  # [B, H]
     if B > 0:
         wrap_triton(_lstm_streamed_fwd_kernel)[(triton.cdiv(B, BLOCK_B),)](
             x, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else None,
             output, acts if save_for_backward else None, cells if save_for_backward else None,
-            h_buf, c_buf, x.new_empty(B, H) if w_hr is not None else None,
+            h_raw if save_raw else None, h_buf, c_buf, x.new_empty(B, H) if w_hr is not None else None,
             steps.sizes, steps.offsets, steps.T, B, H, P,
             HAS_PROJ=w_hr is not None, PACKED=steps.packed, REVERSE=steps.reverse,
             SAVE=save_for_backward, MATH=math_dtype(x.dtype),
             DOT=dot_dtype(x.dtype, _lstm_streamed_fwd_kernel), BLOCK_B=BLOCK_B, BLOCK_J=BLOCK_J,
             BLOCK_K=BLOCK_K)
     h_n = h_buf.view(2, B, P)[steps.T % 2].clone()
-    return output, h_n, c_buf.to(c0.dtype), acts, cells
+    return output, h_n, c_buf.to(c0.dtype), acts, cells, h_raw
 
 
 def lstm_streamed_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_c_n: Tensor | None,
                       w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Tensor | None, steps: Steps,
-                      output: Tensor, acts: Tensor, cells: Tensor):
+                      output: Tensor, acts: Tensor, cells: Tensor, h_raw: Tensor):
     """The contract's lstm_layer_bwd with the recurrence in one launch, weights
     streamed -> grad_x_proj, grad_w_hh, grad_h0, grad_c0, grad_w_hr (None without w_hr)."""
     B, H, P = steps.B, c0.shape[1], w_hh.shape[1]
@@ -291,5 +296,5 @@ def lstm_streamed_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_
             DOT=dot_dtype(acts.dtype, _lstm_streamed_bwd_kernel), BLOCK_B=BLOCK_B, BLOCK_J=BLOCK_J,
             BLOCK_K=BLOCK_K)
     grad_h0 = dh_buf.view(2, B, P)[steps.T % 2].to(h0.dtype, copy=True)
-    grad_w_hh, grad_w_hr = weight_gradients(steps, grad_x, output, h0, acts, cells, dh_out)
+    grad_w_hh, grad_w_hr = weight_gradients(steps, grad_x, output, h0, h_raw, dh_out)
     return grad_x, grad_w_hh, grad_h0, dc_buf.to(c0.dtype), grad_w_hr

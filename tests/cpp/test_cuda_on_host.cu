@@ -121,9 +121,15 @@ void check_layer(const Config& c) {
   if (c.save) {
     expect_close(id + " acts", std::get<3>(actual), std::get<3>(expected), tol);
     expect_close(id + " cells", std::get<4>(actual), std::get<4>(expected), tol);
+    if (c.proj) {
+      expect_close(id + " h_raw", std::get<5>(actual), std::get<5>(expected), tol);
+    } else {
+      expect(std::get<5>(actual).numel() == 0, id + " empty h_raw without a projection");
+    }
   } else {
-    expect(std::get<3>(actual).numel() == 0 && std::get<4>(actual).numel() == 0,
-           id + " empty acts and cells without saving");
+    expect(std::get<3>(actual).numel() == 0 && std::get<4>(actual).numel() == 0 &&
+               std::get<5>(actual).numel() == 0,
+           id + " empty acts, cells and h_raw without saving");
   }
   const int vec_width = 16 / static_cast<int>(c10::elementSize(c.dtype));
   const bool vector_path = c.H % vec_width == 0 && !c.shift;
@@ -135,6 +141,7 @@ void check_layer(const Config& c) {
   const at::Tensor out = rounded(std::get<0>(expected), c.dtype);
   const at::Tensor acts = rounded(std::get<3>(expected), c.dtype);
   const at::Tensor cells = rounded(std::get<4>(expected), c.dtype);
+  const at::Tensor h_raw = rounded(std::get<5>(expected), c.dtype);
   for (bool state_grads : {true, false}) {
     const std::string bid = id + (state_grads ? " all-grads" : " none-grads");
     const at::Tensor go = rounded(at::randn(out.sizes(), f64), c.dtype);
@@ -146,15 +153,15 @@ void check_layer(const Config& c) {
       gc_low = low(*gc);
     }
     const auto bexp = fusedlstm::cpu::lstm_layer_bwd_cpu(go, gh, gc, w_hh, h0, c0, w_hr, batch_sizes,
-                                                         c.reverse, out, acts, cells);
+                                                         c.reverse, out, acts, cells, h_raw);
     int bwidths = 0;
     const at::Tensor go_low = c.shift ? misaligned(low(go)) : low(go);
     const fusedlstm::LayerGeometry gb = fusedlstm::check_layer_bwd_args(
         go_low, gh_low, gc_low, low(w_hh), low(h0), low(c0), w_hr_low, batch_sizes, c.reverse,
-        low(out), low(acts), low(cells));
+        low(out), low(acts), low(cells), low(h_raw));
     const auto bact = fusedlstm::cuda::run_layer_bwd(HostRows{&bwidths}, gb, go_low, gh_low, gc_low,
                                                      low(w_hh), low(h0), low(c0), w_hr_low, low(out),
-                                                     low(acts), low(cells));
+                                                     low(acts), low(cells), low(h_raw));
     // Gradients sum over steps and rows: a looser bound for the half types.
     const double btol = c.dtype == at::kDouble || c.dtype == at::kFloat ? tol : 2 * tol;
     expect_close(bid + " grad_x_proj", std::get<0>(bact), std::get<0>(bexp), btol);

@@ -165,10 +165,19 @@ inline LayerGeometry check_layer_bwd_args(
     const std::optional<at::Tensor>& grad_c_n, const at::Tensor& w_hh, const at::Tensor& h0,
     const at::Tensor& c0, const std::optional<at::Tensor>& w_hr,
     const std::optional<at::Tensor>& batch_sizes, bool reverse, const at::Tensor& output,
-    const at::Tensor& acts, const at::Tensor& cells) {
+    const at::Tensor& acts, const at::Tensor& cells, const at::Tensor& h_raw) {
   LayerGeometry g = check_layer_args(acts, w_hh, h0, c0, w_hr, batch_sizes, reverse);
   FUSEDLSTM_CHECK_LIKE(output, acts);
   FUSEDLSTM_CHECK_LIKE(cells, acts);
+  if (w_hr.has_value()) {
+    FUSEDLSTM_CHECK_LIKE(h_raw, acts);
+    TORCH_CHECK(h_raw.sizes() == at::IntArrayRef(g.shape(g.H)), "fusedlstm: with w_hr, h_raw must "
+                "have shape ", at::IntArrayRef(g.shape(g.H)), " (lstm_layer_fwd's h_raw), got ",
+                h_raw.sizes());
+  } else {
+    TORCH_CHECK(h_raw.numel() == 0, "fusedlstm: without w_hr, h_raw must be empty (as "
+                "lstm_layer_fwd returns it), got shape ", h_raw.sizes());
+  }
   TORCH_CHECK(output.sizes() == at::IntArrayRef(g.shape(g.P)), "fusedlstm: output must have "
               "shape ", at::IntArrayRef(g.shape(g.P)), ", got ", output.sizes());
   TORCH_CHECK(cells.sizes() == at::IntArrayRef(g.shape(g.H)), "fusedlstm: cells must have "
