@@ -1,6 +1,7 @@
 """FusedLSTM against torch.nn.LSTM with the same weights: outputs, h_n, c_n and
 the gradients of input, h0, c0 and every parameter, over every option."""
 
+import copy
 import zlib
 
 import pytest
@@ -8,7 +9,8 @@ import torch
 from torch import nn
 
 from fusedlstm import FusedLSTM
-from lstm_testing import assert_close, backend_params, forward_backward, make_input, skip_unless_usable
+from lstm_testing import (assert_close, assert_error_at_most_twice_pytorchs, backend_params, forward_backward,
+                          make_input, skip_unless_usable)
 
 INPUT, HIDDEN, PROJ, BATCH = 5, 13, 4, 3
 
@@ -39,8 +41,19 @@ def test_matches_nn_lstm(backend, device, dtype, kind, num_layers, bidirectional
     expected = forward_backward(reference, leaf, to_input, hx, torch.Generator().manual_seed(1))
     actual = forward_backward(fused, leaf, to_input, hx, torch.Generator().manual_seed(1))
     assert actual.keys() == expected.keys()
-    for name in expected:
-        assert_close(actual[name], expected[name], dtype, name)
+    if device == "cuda" and dtype == torch.float32:
+        # On a GPU, float32 weight gradients of nn.LSTM (cuDNN) and of any backend built
+        # on cuBLAS (the plain-PyTorch reference too) differed by up to 3.4e-5 in single
+        # elements (H200, 2026-11-28): two summation orders, each with its own rounding.
+        # So both are measured against float64 on the same values, and ours may have at
+        # most twice cuDNN's error (or 1e-5).
+        exact = forward_backward(copy.deepcopy(reference).double(), leaf.detach().double().requires_grad_(),
+                                 to_input, tuple(t.detach().double().requires_grad_() for t in hx),
+                                 torch.Generator().manual_seed(1), weight_dtype=dtype)
+        assert_error_at_most_twice_pytorchs(actual, expected, exact, dtype)
+    else:
+        for name in expected:
+            assert_close(actual[name], expected[name], dtype, name)
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
