@@ -214,6 +214,18 @@ def test_runs_refuse_to_overwrite_or_change_architecture_on_resume(corpus, tmp_p
         resume(tmp_path / "absent")
 
 
+def test_resuming_a_gpu_run_without_a_gpu_says_to_pass_device_cpu(corpus, tmp_path, one_thread, monkeypatch):
+    path, _ = corpus
+    train(tiny_config(path, tmp_path / "run", max_steps=5), progress=False)
+    last = ckpt.load(tmp_path / "run" / ckpt.LAST)
+    last["config"]["device"] = "cuda"  # as written by a run on a GPU machine
+    ckpt.save_atomic(last, tmp_path / "run" / ckpt.LAST)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(CharLMError, match="trained with --device cuda.*pass --device cpu"):
+        resume(tmp_path / "run", max_steps=6)
+    assert resume(tmp_path / "run", max_steps=6, device="cpu", progress=False).model.head.weight.device.type == "cpu"
+
+
 def test_two_process_torchrun_keeps_replicas_identical_and_matches_one_process(corpus, tmp_path, one_thread):
     """gloo DDP, 2 processes x 4 streams against 1 process x 8 streams (no dropout):
     same losses up to float32 summation order (seen: relative differences ~5e-8)."""
@@ -285,5 +297,5 @@ def test_gpu_run_in_bf16_and_its_checkpoint_loads_on_a_cpu_only_machine(corpus, 
                              timeout=300)
     assert sampled.returncode == 0, sampled.stderr
     resumed = subprocess.run([python(), "-m", "fusedlstm", "train", "--out", str(tmp_path / "gpu"), "--resume",
-                              "--max-steps", "45"], env=env, capture_output=True, text=True, timeout=300)
+                              "--device", "cpu", "--max-steps", "45"], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr

@@ -83,6 +83,9 @@ def resume(run_dir: str | Path, progress: bool = True, **overrides) -> TrainResu
         overrides["text"] = str(Path(overrides["text"]).resolve())
     saved = TrainConfig.from_dict(checkpoint["config"])
     config = dataclasses.replace(resumed_config(saved, **overrides), out=str(Path(run_dir)))
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise CharLMError(f"the run in {str(run_dir)!r} was trained with --device cuda, and no CUDA GPU "
+                          "is visible to PyTorch here; pass --device cpu to continue it on the CPU")
     if any(overrides.get(k) is not None for k in BUDGET):
         checkpoint["progress"]["planned_steps"] = None
     return _session(config, checkpoint, progress)
