@@ -414,3 +414,17 @@ def test_pytest_benchmark_suite_runs_a_tiny_case(tmp_path):
     assert all(b["extra_info"]["peak_memory_method"] for b in data["benchmarks"])
     if not torch.cuda.is_available():
         assert "no CUDA GPU on this machine" in result.stdout
+
+
+def test_tf32_setting_covers_cudnn_and_cublas_and_reaches_isolated_processes():
+    from fusedlstm.bench import isolated
+
+    (case,) = cases.select("cpu", ["float32"], ["tiny"], ["forward"])
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        for allowed in (True, False):
+            timing.set_tf32(allowed)
+            assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (allowed, allowed)
+            assert isolated.spec(case, BASELINE, timing.Budget(), None)["tf32"] is allowed
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

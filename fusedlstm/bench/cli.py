@@ -2,7 +2,7 @@
 
     fusedlstm bench [--device cpu|cuda] [--dtype float32,bfloat16] [--shapes NAME,...]
                     [--modes ...] [--backends NAME,...] [--out DIR] [--budget S | --repeats N]
-                    [--isolate]
+                    [--tf32 off|on] [--isolate]
 
 times nn.LSTM and each usable fusedlstm backend on the chosen cases, prints
 the markdown table, and writes DIR/results.json (raw timings and metadata,
@@ -76,6 +76,10 @@ def add_commands(commands) -> None:
     bench.add_argument("--warmup", type=_at_least(int, 0), default=Budget.warmup, help="untimed calls first")
     bench.add_argument("--threads", type=_at_least(int, 1), default=None,
                        help="CPU threads for torch and the CPU kernels (default: torch's own choice)")
+    bench.add_argument("--tf32", choices=("off", "on"), default="off",
+                       help="CUDA float32: cuDNN (nn.LSTM) and cuBLAS (our GEMMs) both in full fp32 "
+                            "(off, default) or both allowed TF32 (on). torch's own defaults mix the two: "
+                            "TF32 for cuDNN, full fp32 for matmuls")
     bench.add_argument("--isolate", action="store_true",
                        help="time each provider in a fresh process, so that neither's allocations "
                             "(page faults) land on the other's timings (CPU; see fusedlstm/bench/isolated.py)")
@@ -109,6 +113,8 @@ def _command_line(args: argparse.Namespace) -> str:
     parts.append(f"--warmup {args.warmup}")
     if args.threads:
         parts.append(f"--threads {args.threads}")
+    if args.device == "cuda":
+        parts.append(f"--tf32 {args.tf32}")
     if args.isolate:
         parts.append("--isolate")
     return " ".join(parts)
@@ -132,6 +138,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)  # also the extension's OpenMP: one shared runtime
+    if args.device == "cuda":
+        timing.set_tf32(args.tf32 == "on")
     budget = (Budget.fixed(args.repeats, args.warmup) if args.repeats
               else Budget(warmup=args.warmup, seconds=args.budget))
     selected = bench_cases.select(args.device, args.dtype, args.shapes, args.modes)

@@ -90,6 +90,7 @@ def describe(device: str, command: str | None = None) -> dict:
             # fp32 figures depend on these: with TF32 allowed, cuDNN's LSTM
             # multiplies fp32 on tensor cores at reduced precision.
             cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+            matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
             float32_matmul_precision=torch.get_float32_matmul_precision(),
         )
     return info

@@ -22,13 +22,17 @@ import json
 import subprocess
 import sys
 
+import torch
+
 from .cases import Case
 from .timing import Budget, Measurement
 
 
 def spec(case: Case, provider: str, budget: Budget, threads: int | None) -> dict:
+    """What the child needs to rebuild and time the workload, with this process's TF32 setting."""
     return {"shape": case.shape.name, "mode": case.mode, "dtype": case.dtype_name, "device": case.device,
-            "provider": provider, "budget": dataclasses.asdict(budget), "threads": threads}
+            "provider": provider, "budget": dataclasses.asdict(budget), "threads": threads,
+            "tf32": torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32}
 
 
 def measure_in_subprocess(case: Case, provider: str, budget: Budget,
@@ -45,10 +49,8 @@ def measure_in_subprocess(case: Case, provider: str, budget: Budget,
 
 
 def main(argv: list[str]) -> int:
-    import torch
-
     from .cases import select
-    from .timing import measure, peak_memory
+    from .timing import measure, peak_memory, set_tf32
     from .workloads import build
 
     if len(argv) != 1:
@@ -56,6 +58,8 @@ def main(argv: list[str]) -> int:
     given = json.loads(argv[0])
     if given["threads"]:
         torch.set_num_threads(given["threads"])
+    if given["device"] == "cuda":
+        set_tf32(given["tf32"])
     (case,) = select(given["device"], [given["dtype"]], [given["shape"]], [given["mode"]])
     workload = build(case, given["provider"])
     measured = measure(workload, case.device, Budget(**given["budget"]))

@@ -85,6 +85,14 @@ class Measurement:
         return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
+def set_tf32(allowed: bool) -> None:
+    """Whether float32 on a GPU may use TF32 tensor-core math, for cuDNN (nn.LSTM)
+    and cuBLAS (the fusedlstm backends' GEMMs) alike, so that float32 figures
+    compare the same arithmetic."""
+    torch.backends.cudnn.allow_tf32 = allowed
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+
+
 def synchronize(device: str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
