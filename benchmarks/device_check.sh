@@ -13,8 +13,11 @@
 # Written to RESULTS_DIR (8 files, the most the device tool brings back):
 #   log.txt                                  everything printed, every phase
 #   junit.xml                                the GPU tests' results (the others': in log.txt)
-#   fp32/{results.json,table.md,ratios.png}  `fusedlstm bench --dtype float32`
-#   bf16/{results.json,table.md,ratios.png}  `fusedlstm bench --dtype bfloat16`
+#   tests.txt                                one line per test as it ends, both test phases
+#                                            (FUSEDLSTM_TEST_LOG): kept when a timeout cuts
+#                                            pytest off before its summary
+#   fp32/{results.json,ratios.png}           `fusedlstm bench --dtype float32` (its table: in log.txt)
+#   bf16/{results.json,ratios.png}           `fusedlstm bench --dtype bfloat16`
 #
 # A failing phase does not stop the later ones (a broken build still leaves
 # nn.LSTM's figures and the test failures to read); it is named in the summary
@@ -22,15 +25,17 @@
 #
 # Time budget: under 8 minutes at worst. Each phase has its own timeout;
 # their sum with the 5 s grace of each (470 s) is the worst case. Times seen
-# on the H200 (2026-11-28, torch 2.11):
+# on the H200 (2026-11-28, torch 2.11, third run, commit 62c5e73):
 #   environment report        7 s       (timeout 15 s)
-#   build, sm_90, 16 jobs     36 s      (timeout 60 s)
-#   fusedlstm info            >10 s: a first import of torch._inductor (timeout 20 s)
-#   GPU tests (-m cuda)       93 s with 12 workers, 903 tests (timeout 125 s; first: only a GPU runs them)
-#   CPU tests (the rest)      over 45 s with 8 workers (timeout 65 s; CI runs these too)
-#   bench float32             13 of 22 cases in 45 s at 0.2 s per case, ~2 s of it per case
-#                             not timed (Triton compiles, output checks) (timeout 75 s)
-#   bench bfloat16            16 of 22 cases in 45 s, likewise (timeout 75 s)
+#   build, sm_90, 16 jobs     34 s      (timeout 50 s)
+#   fusedlstm info            9 s: a first import of torch._inductor (timeout 15 s)
+#   GPU tests (-m cuda)       over 125 s with 12 workers, ~970 tests, the compile tests
+#                             last then (timeout 160 s; first: only a GPU runs them)
+#   CPU tests (the rest)      over 65 s with 12 workers (timeout 85 s; CI runs these too)
+#   bench float32             55 s for all 22 cases at 0.1 s per case (timeout 60 s)
+#   bench bfloat16            38 s (timeout 50 s)
+# tests/conftest.py starts the tests marked slow first, so that no long test
+# starts last.
 # A timeout sends SIGINT first, so that pytest can still write its summary and
 # junit.xml and the bench reports the cases it finished; SIGKILL 5 s later.
 # The bench phases aim at 0.1 s of timed calls per case and provider (at
@@ -110,12 +115,15 @@ tests() {  # tests MARKER [JUNIT_FILE]
   if [ -n "${2:-}" ]; then extra+=(--junitxml="$RESULTS/$2"); fi
   if "$PYTHON" -c "import xdist" 2>/dev/null; then extra+=(-n 12); fi
   if "$PYTHON" -c "import pytest_timeout" 2>/dev/null; then extra+=(--timeout 100); fi
-  "$PYTHON" -m pytest tests -q -rfEs -p no:cacheprovider -m "$1" "${extra[@]}"
+  FUSEDLSTM_TEST_LOG="$RESULTS/tests.txt" "$PYTHON" -m pytest tests -q -rfE -p no:cacheprovider -m "$1" "${extra[@]}"
 }
 
 bench() {  # bench DTYPE DIR (float32: cuDNN and cuBLAS both without TF32)
   "$PYTHON" -m fusedlstm bench --device cuda --dtype "$1" --out "$RESULTS/$2" \
     --budget "$BENCH_BUDGET" --warmup 3 --tf32 off --no-progress
+  local status=$?
+  rm -f "$RESULTS/$2/table.md"  # printed above, into log.txt: one file fewer than the device tool's 8
+  return "$status"
 }
 
 export -f environment build linkage tests bench
@@ -130,12 +138,12 @@ main() {
   echo "commit: ${FUSEDLSTM_COMMIT:-$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo 'unknown (set FUSEDLSTM_COMMIT)')}"
 
   phase "environment" 15 environment
-  phase "build" 60 build
-  phase "fusedlstm info" 20 "$PYTHON" -m fusedlstm info
-  phase "GPU tests" 125 tests cuda junit.xml
-  phase "CPU tests" 65 tests "not cuda"
-  phase "bench float32" 75 bench float32 fp32
-  phase "bench bfloat16" 75 bench bfloat16 bf16
+  phase "build" 50 build
+  phase "fusedlstm info" 15 "$PYTHON" -m fusedlstm info
+  phase "GPU tests" 160 tests cuda junit.xml
+  phase "CPU tests" 85 tests "not cuda"
+  phase "bench float32" 60 bench float32 fp32
+  phase "bench bfloat16" 50 bench bfloat16 bf16
 
   echo
   if [ "${#FAILED[@]}" -eq 0 ]; then

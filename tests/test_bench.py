@@ -229,6 +229,7 @@ def restore_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_cli_runs_the_tiny_cases_end_to_end(tmp_path, capsys, restore_threads):
     out = tmp_path / "run"
     status = run_cli("--shapes", ",".join(TINY), "--repeats", "2", "--warmup", "1", "--out", str(out),
@@ -263,6 +264,7 @@ def test_cli_runs_the_tiny_cases_end_to_end(tmp_path, capsys, restore_threads):
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
 
 
+@pytest.mark.slow
 def test_isolate_times_each_provider_in_its_own_process(tmp_path, capsys, monkeypatch, restore_threads):
     from fusedlstm.bench import isolated
 
@@ -293,6 +295,7 @@ def test_isolate_times_each_provider_in_its_own_process(tmp_path, capsys, monkey
     assert "each provider timed in its own process (--isolate)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_failing_isolated_process_is_recorded_as_an_error(tmp_path, capsys, monkeypatch):
     from fusedlstm.bench import isolated
 
@@ -377,6 +380,7 @@ def test_gpu_cases_skip_with_a_reason_without_a_gpu(tmp_path):
         run_cli("--device", "cuda", "--shapes", "tiny", "--out", str(tmp_path))
 
 
+@pytest.mark.slow
 @pytest.mark.cuda
 def test_cli_runs_the_tiny_cases_on_a_gpu(tmp_path, capsys):
     if not torch.cuda.is_available():
@@ -396,6 +400,7 @@ def test_cli_runs_the_tiny_cases_on_a_gpu(tmp_path, capsys):
     assert "| tiny | forward | bfloat16 |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_pytest_benchmark_suite_runs_a_tiny_case(tmp_path):
     """benchmarks/ (run apart with --benchmark-only) collects from the same
     cases and times one through pytest-benchmark; GPU cases skip with a reason."""

@@ -82,6 +82,7 @@ def test_learning_rate_warms_up_then_decays_to_its_floor():
     assert learning_rate(config, 60, None) == 1.0  # a time budget not planned yet
 
 
+@pytest.mark.slow
 def test_a_time_budget_is_spent_even_when_the_first_steps_are_slow(corpus, tmp_path, monkeypatch, one_thread):
     """The cosine's horizon is re-planned at every evaluation from the latest speed: a
     plan made once from slow first steps (as a fresh process's are) ended a 10-minute
@@ -138,6 +139,7 @@ def test_checkpoint_errors_are_clear(tmp_path):
         ckpt.load(tmp_path / "junk.pt")
 
 
+@pytest.mark.slow
 def test_sigint_saves_and_resume_gives_the_uninterrupted_losses(corpus, tmp_path, one_thread):
     """Ctrl-C mid-run saves last.pt and exits 0; --resume then reproduces exactly the
     losses of a run that was never interrupted (weights, Adam, carried state, RNG and
@@ -163,6 +165,7 @@ def test_sigint_saves_and_resume_gives_the_uninterrupted_losses(corpus, tmp_path
     assert losses(run) == losses(tmp_path / "straight")
 
 
+@pytest.mark.slow
 def test_a_killed_runs_checkpoints_still_load_and_resume(corpus, tmp_path, one_thread):
     """SIGKILL at any moment (here while it saves at every step) leaves whole files."""
     path, _ = corpus
@@ -226,6 +229,7 @@ def test_resuming_a_gpu_run_without_a_gpu_says_to_pass_device_cpu(corpus, tmp_pa
     assert resume(tmp_path / "run", max_steps=6, device="cpu", progress=False).model.head.weight.device.type == "cpu"
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_keeps_replicas_identical_and_matches_one_process(corpus, tmp_path, one_thread):
     """gloo DDP, 2 processes x 4 streams against 1 process x 8 streams (no dropout):
     same losses up to float32 summation order (seen: relative differences ~5e-8)."""
@@ -258,6 +262,7 @@ def test_two_process_torchrun_keeps_replicas_identical_and_matches_one_process(c
         torch.testing.assert_close(rank0[name], value, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_command_line_trains_then_samples(corpus, tmp_path, capsys):
     path, text = corpus
     run = tmp_path / "run"
@@ -281,6 +286,7 @@ def test_command_line_trains_then_samples(corpus, tmp_path, capsys):
     assert "--resume needs --out RUN_DIR" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.cuda
 def test_gpu_run_in_bf16_and_its_checkpoint_loads_on_a_cpu_only_machine(corpus, tmp_path):
     if not torch.cuda.is_available():

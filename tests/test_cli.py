@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from fusedlstm import backends, cli, ops
@@ -18,6 +19,7 @@ def test_info_reports_versions_and_backends(capsys):
     assert "GPU" in text
 
 
+@pytest.mark.slow
 def test_python_dash_m_runs_info():
     result = subprocess.run([sys.executable, "-m", "fusedlstm", "info"], capture_output=True, text=True,
                             timeout=120)

@@ -21,6 +21,7 @@ class CharModel(nn.Module):
         return self.head(out), state
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(ops.cpp is None, reason="fusedlstm._C is not built")
 def test_compiled_model_matches_eager():
     torch.manual_seed(0)

@@ -319,6 +319,7 @@ def trace_ops_on_fake_cuda_tensors():
             assert kernels == [1 if op_name.startswith("lstm_cell") else kernels_per_layer], (config, dtype, kernels)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.version.cuda is None, reason="fake CUDA tensors need a CUDA build of torch")
 def test_ops_trace_into_their_kernels():
     """The triton_op bodies trace with fake tensors (no data-dependent host code) into
@@ -416,6 +417,7 @@ def test_gpu_full_opcheck(on_cuda, dtype, sample):
 @pytest.mark.cuda
 @pytest.mark.parametrize("H,implementation", [(32, "persistent"), (96, "streamed"), (320, "per-step")],
                          ids=["persistent", "streamed", "per-step"])
+@pytest.mark.slow
 def test_gpu_compiled_model_matches_eager(on_cuda, H, implementation):
     """torch.compile(fullgraph=True) of a Triton-backed model, with inductor and with
     aot_eager (functionalization without inductor's code generation): the failure
