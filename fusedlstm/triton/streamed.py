@@ -16,7 +16,8 @@ State between steps (per program, in global scratch memory)
        read it;
     c  [B, H] in float32 (float64 for float64 data), read and written one
        chunk at a time by the same threads;
-    h_raw [B, H] with a projection, read by the projection after a barrier.
+    h_raw with a projection, read by the projection after a barrier: the
+       saved [N, H] output at the step's rows when saving, else [B, H].
     A barrier (tl.debug_barrier, __syncthreads) ends each phase whose
     writes other threads of the program read next; within one SM these
     writes are visible after it.
@@ -78,8 +79,8 @@ def carry(src, dst, at, mask, active, value):
 def _lstm_streamed_fwd_kernel(
     x_ptr, w_hh_ptr, w_hr_ptr,             # [N, 4H], [4H, P], [P, H] (HAS_PROJ)
     out_ptr, acts_ptr, cells_ptr,          # [N, P], [N, 4H] and [N, H] (SAVE)
-    h_raw_ptr,                             # [N, H] (SAVE and HAS_PROJ)
-    h_buf_ptr, c_buf_ptr, hr_buf_ptr,      # [2, B, P] (both h0), [B, H] MATH (c0), [B, H] (HAS_PROJ)
+    h_raw_ptr,                             # (HAS_PROJ) [N, H] when SAVE, else [B, H] scratch
+    h_buf_ptr, c_buf_ptr,                  # [2, B, P] (both h0), [B, H] MATH (c0)
     sizes_ptr, offsets_ptr,                # int32 [T] (PACKED)
     T, B, H, P,
     HAS_PROJ: tl.constexpr, PACKED: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
@@ -94,6 +95,10 @@ def _lstm_streamed_fwd_kernel(
 
     for k in range(T):
         row, active = batch_rows(k, b, T, sizes_ptr, offsets_ptr, B, REVERSE, PACKED)
+        if SAVE:
+            raw_row = row                                     # the step's rows of the saved h_raw
+        else:
+            raw_row = b                                       # the scratch's rows
         h_src = h_buf_ptr + (k % 2) * B * P                   # h_{t-1}
         h_dst = h_buf_ptr + ((k + 1) % 2) * B * P             # h_t
 
@@ -123,9 +128,7 @@ def _lstm_streamed_fwd_kernel(
                 store_gates(acts_ptr, gate, H, i, f, g, o, mh)
                 tl.store(cells_ptr + row[None, :] * H + j[:, None], c_new.to(out_ty), mask=mh)
             if HAS_PROJ:
-                tl.store(hr_buf_ptr + state, h_new.to(out_ty), mask=mh)
-                if SAVE:
-                    tl.store(h_raw_ptr + row[None, :] * H + j[:, None], h_new.to(out_ty), mask=mh)
+                tl.store(h_raw_ptr + raw_row[None, :] * H + j[:, None], h_new.to(out_ty), mask=mh)
             else:
                 tl.store(out_ptr + row[None, :] * P + j[:, None], h_new.to(out_ty), mask=mh)
                 carry(h_src, h_dst, b[None, :] * P + j[:, None], jm[:, None] & in_batch[None, :], active,
@@ -140,7 +143,7 @@ def _lstm_streamed_fwd_kernel(
                 for k0 in range(0, H, BLOCK_K):
                     q = k0 + kk
                     qm = q < H
-                    h_raw = tl.load(hr_buf_ptr + b[None, :] * H + q[:, None],
+                    h_raw = tl.load(h_raw_ptr + raw_row[None, :] * H + q[:, None],
                                     mask=qm[:, None] & active[None, :], other=0.0).to(DOT)
                     w_r = tl.load(w_hr_ptr + p[:, None] * H + q[None, :], mask=pm[:, None] & qm[None, :],
                                   other=0.0).to(DOT)
@@ -257,22 +260,23 @@ def lstm_streamed_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr
     output = x.new_empty(*x.shape[:-1], P)
     acts = x.new_empty(x.shape) if save_for_backward else x.new_empty(0)
     cells = x.new_empty(*x.shape[:-1], H) if save_for_backward else x.new_empty(0)
-    save_raw = save_for_backward and w_hr is not None
-    h_raw = x.new_empty(*x.shape[:-1], H) if save_raw else x.new_empty(0)
+    # o * tanh(c), the projection's input: every step's when saving, else one step's.
+    h_raw = x.new_empty(*(x.shape[:-1] if save_for_backward else (B,)), H) if w_hr is not None else None
     h_buf = h0.contiguous().repeat(2, 1)                        # [2 * B, P]
     c_buf = c0.to(_state_dtype(c0.dtype)).contiguous().clone()  # [B, H]
     if B > 0:
         wrap_triton(_lstm_streamed_fwd_kernel)[(triton.cdiv(B, BLOCK_B),)](
             x, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else None,
             output, acts if save_for_backward else None, cells if save_for_backward else None,
-            h_raw if save_raw else None, h_buf, c_buf, x.new_empty(B, H) if w_hr is not None else None,
+            h_raw, h_buf, c_buf,
             steps.sizes, steps.offsets, steps.T, B, H, P,
             HAS_PROJ=w_hr is not None, PACKED=steps.packed, REVERSE=steps.reverse,
             SAVE=save_for_backward, MATH=math_dtype(x.dtype),
             DOT=dot_dtype(x.dtype, _lstm_streamed_fwd_kernel), BLOCK_B=BLOCK_B, BLOCK_J=BLOCK_J,
             BLOCK_K=BLOCK_K)
     h_n = h_buf.view(2, B, P)[steps.T % 2].clone()
-    return output, h_n, c_buf.to(c0.dtype), acts, cells, h_raw
+    return (output, h_n, c_buf.to(c0.dtype), acts, cells,
+            h_raw if save_for_backward and w_hr is not None else x.new_empty(0))
 
 
 def lstm_streamed_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_c_n: Tensor | None,
