@@ -203,6 +203,64 @@ def test_layer_missing_grads_and_no_saving(on_cpu, implementation, layout, proj,
     assert unsaved[3].numel() == unsaved[4].numel() == unsaved[5].numel() == 0
 
 
+def poisoning(wrap, inputs):
+    """A stand-in for a launcher module's wrap_triton that fills every floating
+    tensor argument sharing no storage with `inputs` (so: a buffer the launcher
+    allocated) with NaN before the kernel runs."""
+    theirs = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor)}
+
+    def poison(args):
+        for a in args:
+            if (isinstance(a, torch.Tensor) and a.is_floating_point()
+                    and a.untyped_storage().data_ptr() not in theirs):
+                a.fill_(float("nan"))
+
+    class Launcher:
+        def __init__(self, kernel):
+            self.launch = wrap(kernel)
+
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                poison([*args, *kwargs.values()])
+                return self.launch[grid](*args, **kwargs)
+            return run
+
+    return Launcher
+
+
+@pytest.mark.parametrize("implementation", ["persistent", "streamed"])
+@pytest.mark.parametrize("grads_given", [True, False], ids=["grads", "no-state-grads"])
+@pytest.mark.parametrize("layout,proj,reverse", LAYER_CONFIGS, ids=LAYER_IDS)
+def test_one_launch_kernels_set_every_buffer_they_write(on_cpu, monkeypatch, implementation, grads_given,
+                                                        layout, proj, reverse):
+    """The one-launch kernels read their inputs (h0, c0, grad_h_n, grad_c_n included)
+    and write only buffers their launcher allocates, which they set before reading:
+    with those buffers filled with NaN beforehand, every result is bit-for-bit the
+    same. A buffer set on the host from an input (a clone of hx[index]) instead
+    gave wrong results under torch.compile in torch 2.11 (streamed.py, "Initial
+    state")."""
+    args = layer_sample(layout, proj, reverse, torch.float32)
+    x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse = args
+    grads = grads_like(reference.lstm_layer_fwd(*args)[:3], 4)
+    if not grads_given:
+        grads[1:] = [None, None]
+    fwd, bwd = IMPLEMENTATIONS[implementation]
+    steps = steps_of(x_proj, h0, batch_sizes, reverse)
+    module = persistent if implementation == "persistent" else streamed
+
+    saved = (0, 3, 4, 5)  # output, acts, cells, h_raw: the backward's inputs from the forward
+    clean_fwd = fwd(x_proj, w_hh, h0, c0, w_hr, steps, True)
+    clean_bwd = bwd(*grads, w_hh, h0, c0, w_hr, steps, *(clean_fwd[i] for i in saved))
+    monkeypatch.setattr(module, "wrap_triton", poisoning(module.wrap_triton, [*args, *grads, *clean_fwd]))
+    poisoned_fwd = fwd(x_proj, w_hh, h0, c0, w_hr, steps, True)
+    poisoned_bwd = bwd(*grads, w_hh, h0, c0, w_hr, steps, *(clean_fwd[i] for i in saved))
+    for name, a, e in [*zip(FWD_NAMES, poisoned_fwd, clean_fwd), *zip(BWD_NAMES, poisoned_bwd, clean_bwd)]:
+        if e is None:
+            assert a is None, name
+        else:
+            assert torch.equal(a, e), f"{name} depends on what a launcher-made buffer held"
+
+
 # --- which implementation the layer ops run ---------------------------------------------------
 
 @pytest.mark.parametrize("H,P,dtype,expected", [
@@ -421,18 +479,22 @@ def test_gpu_full_opcheck(on_cuda, dtype, sample):
 def test_gpu_compiled_model_matches_eager(on_cuda, H, implementation):
     """torch.compile(fullgraph=True) of a Triton-backed model, with inductor and with
     aot_eager (functionalization without inductor's code generation): the failure
-    message names which results differ under which, to tell the two apart."""
+    message names which results differ under which, to tell the two apart. A
+    random initial state, different per layer and direction: with zeros, a kernel
+    handed another layer's h0 or c0 would go unnoticed (streamed.py, "Initial state")."""
     assert triton_ops.layer_implementation(H, H // 2, torch.float32) == implementation
     torch.manual_seed(0)
     lstm = FusedLSTM(16, H, num_layers=2, batch_first=True, proj_size=H // 2, bidirectional=True,
                      backend="triton", device="cuda")
     x = torch.randn(4, 9, 16, device="cuda", requires_grad=True)
-    eager = forward_backward(lstm, x, lambda t: t, None, torch.Generator().manual_seed(1))
+    hx = (torch.randn(4, 4, H // 2, device="cuda", requires_grad=True),
+          torch.randn(4, 4, H, device="cuda", requires_grad=True))
+    eager = forward_backward(lstm, x, lambda t: t, hx, torch.Generator().manual_seed(1))
     differing = {}
     for compiler in ("inductor", "aot_eager"):
         torch._dynamo.reset()
         compiled = forward_backward(torch.compile(lstm, fullgraph=True, backend=compiler), x, lambda t: t,
-                                    None, torch.Generator().manual_seed(1))
+                                    hx, torch.Generator().manual_seed(1))
         # Same entries in the same order; the compiled module's parameter names carry a prefix.
         differing[compiler] = [
             f"{name} (max diff {(c - e).abs().max().item():.3g})"

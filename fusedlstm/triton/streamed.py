@@ -22,6 +22,19 @@ State between steps (per program, in global scratch memory)
     writes other threads of the program read next; within one SM these
     writes are visible after it.
 
+Initial state: the kernels copy h0 and c0 (grad_h_n and grad_c_n, or
+zeros, in the backward) into the state buffers themselves, before the first
+step; the launchers allocate those buffers uninitialized. The kernels thus
+only read their inputs and only write buffers made for them. Setting the
+buffers on the host (c0.clone()) broke torch.compile in torch 2.11: the
+compiled graph dropped the clone and gave the kernel the view hx[index]
+itself, and inductor's copy of that mutated view read from the start of its
+base storage (an as_strided with offset 0; the bug class of
+pytorch/pytorch#192226). Every layer and direction then started from the
+first one's c0 and grad_c_n: wrong outputs and gradients. Found on the CPU
+(inductor's code with the kernels run by the interpreter); the rule is
+checked in tests/test_triton.py.
+
 Forward, per step, for each chunk of BLOCK_J hidden units:
     pre_g [BJ, 16] = x_proj[t]_g^T + sum_k W_g[chunk, k-chunk] @ h^T[k-chunk]
     gate math, c chunk, h chunk -> output (or h_raw), acts, cells (and h_raw)
@@ -45,9 +58,7 @@ run; benchmarks/RESULTS.md): B=1 31.6 and 31.0 ms (cuDNN 41.6 and 27.3 ms
 in two runs), B=8 35.3 and 34.5 ms (cuDNN 41.7 and 27.4), B=32 (T=100, two
 layers) 7.6 and 7.3 ms (cuDNN 12.6 and 9.0): steady across runs where cuDNN
 was not, and near cuDNN rather than clearly ahead. Not yet compared with the
-per-step path at these sizes. Known fault: under torch.compile a model on
-this kernel got wrong input gradients (H=96, float32; see
-tests/test_triton.py::test_gpu_compiled_model_matches_eager).
+per-step path at these sizes.
 """
 
 from __future__ import annotations
@@ -68,6 +79,23 @@ STREAMED_LIMIT = 256  # largest max(H, P) sent here; the public Triton LSTM kern
 
 
 @triton.jit
+def init_rows(src, dst, b, in_batch, W, HAS_SRC: tl.constexpr, BLOCK_B: tl.constexpr,
+              BLOCK: tl.constexpr):
+    """dst[b, :W] = src[b, :W] (zeros without src), in dst's dtype, for this
+    program's batch rows b: the kernels' own copy of an initial state."""
+    cols = tl.arange(0, BLOCK)
+    for w0 in range(0, W, BLOCK):
+        w = w0 + cols
+        at = b[None, :] * W + w[:, None]
+        mask = (w < W)[:, None] & in_batch[None, :]
+        if HAS_SRC:
+            value = tl.load(src + at, mask=mask, other=0.0)
+        else:
+            value = tl.zeros([BLOCK, BLOCK_B], dtype=dst.dtype.element_ty)
+        tl.store(dst + at, value.to(dst.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def carry(src, dst, at, mask, active, value):
     """dst[at] = value in the active batch columns; the rest keep src[at], the
     state of the previous step (src and dst: the two halves of a step buffer)."""
@@ -80,7 +108,8 @@ def _lstm_streamed_fwd_kernel(
     x_ptr, w_hh_ptr, w_hr_ptr,             # [N, 4H], [4H, P], [P, H] (HAS_PROJ)
     out_ptr, acts_ptr, cells_ptr,          # [N, P], [N, 4H] and [N, H] (SAVE)
     h_raw_ptr,                             # (HAS_PROJ) [N, H] when SAVE, else [B, H] scratch
-    h_buf_ptr, c_buf_ptr,                  # [2, B, P] (both h0), [B, H] MATH (c0)
+    h0_ptr, c0_ptr,                        # [B, P], [B, H]: read only
+    h_buf_ptr, c_buf_ptr,                  # [2, B, P], [B, H] MATH: set from h0, c0 here
     sizes_ptr, offsets_ptr,                # int32 [T] (PACKED)
     T, B, H, P,
     HAS_PROJ: tl.constexpr, PACKED: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
@@ -93,6 +122,9 @@ def _lstm_streamed_fwd_kernel(
     kk = tl.arange(0, BLOCK_K)
     out_ty = out_ptr.dtype.element_ty
 
+    init_rows(h0_ptr, h_buf_ptr, b, in_batch, P, True, BLOCK_B, BLOCK_J)  # h buffer 0
+    init_rows(c0_ptr, c_buf_ptr, b, in_batch, H, True, BLOCK_B, BLOCK_J)
+    tl.debug_barrier()
     for k in range(T):
         row, active = batch_rows(k, b, T, sizes_ptr, offsets_ptr, B, REVERSE, PACKED)
         if SAVE:
@@ -160,10 +192,12 @@ def _lstm_streamed_bwd_kernel(
     go_ptr, w_hh_ptr, w_hr_ptr, c0_ptr,    # [N, P] (HAS_GO), [4H, P], [P, H] (HAS_PROJ), [B, H]
     acts_ptr, cells_ptr,                   # [N, 4H], [N, H]
     grad_x_ptr, dh_out_ptr,                # [N, 4H], [N, P] (HAS_PROJ)
-    dh_buf_ptr, dc_buf_ptr,                # [2, B, P] MATH (both grad_h_n), [B, H] MATH (grad_c_n)
+    dh_n_ptr, dc_n_ptr,                    # grad_h_n [B, P] (HAS_DH_N), grad_c_n [B, H] (HAS_DC_N): read only
+    dh_buf_ptr, dc_buf_ptr,                # [2, B, P], [B, H] MATH: set from dh_n, dc_n (or 0) here
     sizes_ptr, offsets_ptr,                # int32 [T] (PACKED)
     T, B, H, P,
-    HAS_GO: tl.constexpr, HAS_PROJ: tl.constexpr, PACKED: tl.constexpr, REVERSE: tl.constexpr,
+    HAS_GO: tl.constexpr, HAS_DH_N: tl.constexpr, HAS_DC_N: tl.constexpr, HAS_PROJ: tl.constexpr,
+    PACKED: tl.constexpr, REVERSE: tl.constexpr,
     MATH: tl.constexpr, DOT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
@@ -173,6 +207,9 @@ def _lstm_streamed_bwd_kernel(
     kk = tl.arange(0, BLOCK_K)
     out_ty = grad_x_ptr.dtype.element_ty
 
+    init_rows(dh_n_ptr, dh_buf_ptr, b, in_batch, P, HAS_DH_N, BLOCK_B, BLOCK_J)  # dh buffer 0
+    init_rows(dc_n_ptr, dc_buf_ptr, b, in_batch, H, HAS_DC_N, BLOCK_B, BLOCK_J)
+    tl.debug_barrier()
     for r in range(T):
         k = T - 1 - r                                          # processing index, last first
         row, active = batch_rows(k, b, T, sizes_ptr, offsets_ptr, B, REVERSE, PACKED)
@@ -262,13 +299,14 @@ def lstm_streamed_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr
     cells = x.new_empty(*x.shape[:-1], H) if save_for_backward else x.new_empty(0)
     # o * tanh(c), the projection's input: every step's when saving, else one step's.
     h_raw = x.new_empty(*(x.shape[:-1] if save_for_backward else (B,)), H) if w_hr is not None else None
-    h_buf = h0.contiguous().repeat(2, 1)                        # [2 * B, P]
-    c_buf = c0.to(_state_dtype(c0.dtype)).contiguous().clone()  # [B, H]
+    # Set from h0 and c0 by the kernel itself ("Initial state" above).
+    h_buf = h0.new_empty(2 * B, P)
+    c_buf = c0.new_empty(B, H, dtype=_state_dtype(c0.dtype))
     if B > 0:
         wrap_triton(_lstm_streamed_fwd_kernel)[(triton.cdiv(B, BLOCK_B),)](
             x, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else None,
             output, acts if save_for_backward else None, cells if save_for_backward else None,
-            h_raw, h_buf, c_buf,
+            h_raw, h0.contiguous(), c0.contiguous(), h_buf, c_buf,
             steps.sizes, steps.offsets, steps.T, B, H, P,
             HAS_PROJ=w_hr is not None, PACKED=steps.packed, REVERSE=steps.reverse,
             SAVE=save_for_backward, MATH=math_dtype(x.dtype),
@@ -289,17 +327,19 @@ def lstm_streamed_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_
     state = _state_dtype(acts.dtype)
     grad_x = acts.new_empty(acts.shape)
     dh_out = acts.new_empty(*acts.shape[:-1], P) if w_hr is not None else None
-    dh = grad_h_n.to(state) if grad_h_n is not None else h0.new_zeros(B, P, dtype=state)
-    dh_buf = dh.contiguous().repeat(2, 1)                       # [2 * B, P]
-    dc_buf = (grad_c_n.to(state).contiguous().clone() if grad_c_n is not None
-              else c0.new_zeros(B, H, dtype=state))
+    # As in the forward, set by the kernel: from grad_h_n and grad_c_n, or zeros.
+    dh_buf = acts.new_empty(2 * B, P, dtype=state)
+    dc_buf = acts.new_empty(B, H, dtype=state)
     if B > 0:
         wrap_triton(_lstm_streamed_bwd_kernel)[(triton.cdiv(B, BLOCK_B),)](
             grad_output.contiguous() if grad_output is not None else None,
             w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else None, c0.contiguous(),
-            acts, cells.contiguous(), grad_x, dh_out, dh_buf, dc_buf,
+            acts, cells.contiguous(), grad_x, dh_out,
+            grad_h_n.contiguous() if grad_h_n is not None else None,
+            grad_c_n.contiguous() if grad_c_n is not None else None, dh_buf, dc_buf,
             steps.sizes, steps.offsets, steps.T, B, H, P,
-            HAS_GO=grad_output is not None, HAS_PROJ=w_hr is not None, PACKED=steps.packed,
+            HAS_GO=grad_output is not None, HAS_DH_N=grad_h_n is not None,
+            HAS_DC_N=grad_c_n is not None, HAS_PROJ=w_hr is not None, PACKED=steps.packed,
             REVERSE=steps.reverse, MATH=math_dtype(acts.dtype),
             DOT=dot_dtype(acts.dtype, _lstm_streamed_bwd_kernel), BLOCK_B=BLOCK_B, BLOCK_J=BLOCK_J,
             BLOCK_K=BLOCK_K)
