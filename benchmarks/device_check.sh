@@ -24,16 +24,19 @@
 # and makes the exit status 1.
 #
 # Time budget: under 8 minutes at worst. Each phase has its own timeout;
-# their sum with the 5 s grace of each (470 s) is the worst case. Times seen
+# their sum with the 5 s grace of each (473 s) is the worst case. Times seen
 # on the H200 (2026-11-28, torch 2.11, third run, commit 62c5e73):
-#   environment report        7 s       (timeout 15 s)
-#   build, sm_90, 16 jobs     34 s      (timeout 50 s)
-#   fusedlstm info            9 s: a first import of torch._inductor (timeout 15 s)
+#   environment report        7 s       (timeout 12 s)
+#   build, sm_90, 16 jobs     34 s      (timeout 45 s)
+#   fusedlstm info            9 s: a first import of torch._inductor (timeout 12 s)
 #   GPU tests (-m cuda)       over 125 s with 12 workers, ~970 tests, the compile tests
 #                             last then (timeout 160 s; first: only a GPU runs them)
 #   CPU tests (the rest)      over 65 s with 12 workers (timeout 85 s; CI runs these too)
 #   bench float32             55 s for all 22 cases at 0.1 s per case (timeout 60 s)
-#   bench bfloat16            38 s (timeout 50 s)
+#   bench bfloat16            38 s (timeout 45 s)
+#   kernel profile            not yet run (timeout 14 s): benchmarks/profile_kernels.py on
+#                             small-h128 and small-b8 in float32, nn.LSTM and the CUDA
+#                             backend: which kernels make our 84 ms at H=128 (third run)
 # tests/conftest.py starts the tests marked slow first, so that no long test
 # starts last.
 # A timeout sends SIGINT first, so that pytest can still write its summary and
@@ -137,13 +140,15 @@ main() {
   echo "fusedlstm device check: $(date -u +%Y-%m-%dT%H:%M:%SZ), results in $RESULTS"
   echo "commit: ${FUSEDLSTM_COMMIT:-$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo 'unknown (set FUSEDLSTM_COMMIT)')}"
 
-  phase "environment" 15 environment
-  phase "build" 50 build
-  phase "fusedlstm info" 15 "$PYTHON" -m fusedlstm info
+  phase "environment" 12 environment
+  phase "build" 45 build
+  phase "fusedlstm info" 12 "$PYTHON" -m fusedlstm info
   phase "GPU tests" 160 tests cuda junit.xml
   phase "CPU tests" 85 tests "not cuda"
   phase "bench float32" 60 bench float32 fp32
-  phase "bench bfloat16" 50 bench bfloat16 bf16
+  phase "bench bfloat16" 45 bench bfloat16 bf16
+  phase "kernel profile" 14 "$PYTHON" "$ROOT/benchmarks/profile_kernels.py" --device cuda \
+    --dtype float32 --shape small-h128 --shape small-b8 --providers nn.LSTM cuda --top 6
 
   echo
   if [ "${#FAILED[@]}" -eq 0 ]; then

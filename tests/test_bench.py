@@ -433,3 +433,20 @@ def test_tf32_setting_covers_cudnn_and_cublas_and_reaches_isolated_processes():
             assert isolated.spec(case, BASELINE, timing.Budget(), None)["tf32"] is allowed
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_profile_kernels_lists_each_providers_work():
+    """benchmarks/profile_kernels.py (run by the device script) on CPU: per provider, a
+    header with the calls' total and one row per op, the busiest first."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "profile_kernels.py"), "--shape", "tiny", "--device", "cpu",
+         "--providers", BASELINE, "cpu", "--calls", "2", "--top", "3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    for provider in (BASELINE, "cpu"):
+        (at,) = [i for i, line in enumerate(lines) if line.startswith(f"{provider} — tiny-forward+backward")]
+        assert "2 calls:" in lines[at] and "ms of CPU ops (self time) per call" in lines[at]
+        rows = [line.split() for line in lines[at + 2:at + 5]]
+        shares = [float(row[3].rstrip("%")) for row in rows]
+        assert len(rows) == 3 and shares == sorted(shares, reverse=True) and 0 < shares[0] <= 100
