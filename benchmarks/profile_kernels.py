@@ -3,11 +3,14 @@ look at a benchmark case, to explain a time rather than to measure one.
 
     python benchmarks/profile_kernels.py --shape small-h128 --dtype float32 --device cuda
 
-For each provider: the kernels (device time, or CPU ops without a GPU) of
-`--calls` profiled forward+backward calls after one warm-up call, as launches
-per call and per step (T), average time per launch and share of the device
-time; the top `--top` by total time. The bench's shapes, weights and inputs
-(fusedlstm.bench.workloads), so a row of the bench table can be taken apart.
+For each provider: the wall time of one forward+backward call (host clock,
+synchronized, not profiled) beside the time its kernels keep the device busy
+(when far less, the host's launches are the bottleneck); then the kernels (device
+time, or CPU ops without a GPU) of `--calls` profiled calls after one warm-up
+call, as launches per call and per step (T), average time per launch and
+share of the device time, the top `--top` by total time. The bench's shapes,
+weights and inputs (fusedlstm.bench.workloads), so a row of the bench table
+can be taken apart.
 Asked of it first on the H200 (benchmarks/device_check.sh): why the CUDA
 backend took 84 ms at small-h128 in float32, more than at H=256 (small-b8).
 """
@@ -15,6 +18,7 @@ backend took 84 ms at small-h128 in float32, more than at H=256 (small-b8).
 from __future__ import annotations
 
 import argparse
+import time
 from collections import defaultdict
 
 import torch
@@ -24,20 +28,32 @@ from fusedlstm.bench.cases import BASELINE, DTYPES, SHAPES, Case
 from fusedlstm.bench.workloads import build
 
 
-def kernel_table(case: Case, provider: str, calls: int) -> tuple[list[tuple[str, int, float]], float]:
-    """([(name, launches, total µs)] sorted by total time, total µs) of `calls`
-    forward+backward calls of `provider` on `case`, after one untimed call."""
+def kernel_table(case: Case, provider: str, calls: int) -> tuple[list[tuple[str, int, float]], float, float]:
+    """([(name, launches, total µs)] sorted by total time, total µs, wall µs per
+    call) of `calls` forward+backward calls of `provider` on `case`, after one
+    untimed call; the wall time from `calls` further calls, not profiled."""
     workload = build(case, provider)
-    workload.run(workload.prepare())
     on_gpu = case.device == "cuda"
-    activities = [ProfilerActivity.CUDA] if on_gpu else [ProfilerActivity.CPU]
-    if on_gpu:
-        torch.cuda.synchronize()
-    with profile(activities=activities) as prof:
+
+    def run_calls() -> float:
+        """µs of host time that `calls` calls take, their preparation left out."""
+        spent = 0.0
         for _ in range(calls):
-            workload.run(workload.prepare())
-        if on_gpu:
-            torch.cuda.synchronize()
+            arg = workload.prepare()
+            if on_gpu:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            workload.run(arg)
+            if on_gpu:
+                torch.cuda.synchronize()
+            spent += time.perf_counter() - start
+        return spent * 1e6
+
+    workload.run(workload.prepare())
+    wall = run_calls() / calls
+    activities = [ProfilerActivity.CUDA] if on_gpu else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        run_calls()
     launches: dict[str, int] = defaultdict(int)
     micros: dict[str, float] = defaultdict(float)
     for event in prof.events():
@@ -47,16 +63,16 @@ def kernel_table(case: Case, provider: str, calls: int) -> tuple[list[tuple[str,
         launches[event.name] += 1
         micros[event.name] += event.device_time_total if on_gpu else event.self_cpu_time_total
     rows = sorted(((name, launches[name], micros[name]) for name in launches), key=lambda r: -r[2])
-    return rows, sum(micros.values())
+    return rows, sum(micros.values()), wall
 
 
 def print_table(case: Case, provider: str, calls: int, top: int) -> None:
-    rows, total = kernel_table(case, provider, calls)
+    rows, total, wall = kernel_table(case, provider, calls)
     steps = case.shape.steps
     what = "kernels" if case.device == "cuda" else "CPU ops (self time)"
     print(f"\n{provider} — {case.id} ({case.shape.dims()}), {calls} calls: "
-          f"{total / calls / 1000:.2f} ms of {what} per call, "
-          f"{sum(r[1] for r in rows) / calls:.0f} per call ({sum(r[1] for r in rows) / calls / steps:.1f} per step)")
+          f"{wall / 1000:.2f} ms per call (wall), {total / calls / 1000:.2f} ms of {what}, "
+          f"{sum(r[1] for r in rows) / calls:.0f} of them ({sum(r[1] for r in rows) / calls / steps:.1f} per step)")
     print(f"  {'per call':>8} {'per step':>8} {'µs each':>8} {'share':>6}  name")
     for name, count, micros in rows[:top]:
         print(f"  {count / calls:8.0f} {count / calls / steps:8.2f} {micros / count:8.2f} "

@@ -446,7 +446,7 @@ def test_profile_kernels_lists_each_providers_work():
     lines = result.stdout.splitlines()
     for provider in (BASELINE, "cpu"):
         (at,) = [i for i, line in enumerate(lines) if line.startswith(f"{provider} — tiny-forward+backward")]
-        assert "2 calls:" in lines[at] and "ms of CPU ops (self time) per call" in lines[at]
+        assert "2 calls:" in lines[at] and "ms per call (wall)" in lines[at] and "ms of CPU ops" in lines[at]
         rows = [line.split() for line in lines[at + 2:at + 5]]
         shares = [float(row[3].rstrip("%")) for row in rows]
         assert len(rows) == 3 and shares == sorted(shares, reverse=True) and 0 < shares[0] <= 100
