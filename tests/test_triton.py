@@ -389,77 +389,34 @@ def test_ops_trace_into_their_kernels():
     assert result.returncode == 0, result.stderr[-4000:]
 
 
-SM90_SHARED_BYTES = 232448  # the most shared memory one block may use on sm_90 (227 KiB)
-_TRITON_TYPES = {torch.float64: "fp64", torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
-                 torch.int64: "i64", torch.int32: "i32"}
-
-
-def kernel_source(kernel, args, kwargs):
-    """(ASTSource, compile options) for kernel[grid](*args, **kwargs) as a launcher calls it."""
-    from triton.compiler import ASTSource
-
-    names = kernel.arg_names
-    bound = {**dict(zip(names, args)), **{k: v for k, v in kwargs.items() if k in names}}
-    signature, constexprs = {}, {}
-    for i, (name, param) in enumerate(zip(names, kernel.params)):
-        value = bound[name]
-        if param.is_constexpr or value is None:
-            signature[name], constexprs[(i,)] = "constexpr", value
-        elif isinstance(value, torch.Tensor):
-            signature[name] = "*" + _TRITON_TYPES[value.dtype]
-        else:
-            assert isinstance(value, int) and -2**31 <= value < 2**31, (name, value)
-            signature[name] = "i32"
-    return ASTSource(kernel, signature, constexprs), {k: v for k, v in kwargs.items() if k not in names}
-
-
 def compile_kernels_for_sm90():
-    """Compile every Triton kernel, with the arguments its launcher passes, for
-    sm_90 (the H200; Triton's own ptxas, no GPU), at the layer implementations'
-    size limits, and check that each fits sm_90's shared memory. The launchers run
-    on CPU tensors with compiling in place of launching. Run by
-    test_kernels_compile_for_sm90 in a process without TRITON_INTERPRET."""
-    import triton
-    from triton.backends.compiler import GPUTarget
+    """Compile every Triton kernel, with the arguments its launcher passes
+    (budget.layer_launches), for sm_90 (the H200; Triton's own ptxas, no GPU), at
+    each layer implementation's size limit, with and without a projection, and
+    check the reports against sm_90: shared memory within a block's 227 KiB and,
+    for the persistent kernel (whose limits come from this report), no spills.
+    Run by test_kernels_compile_for_sm90 in a process without TRITON_INTERPRET."""
+    from fusedlstm.triton import budget
 
-    compiled = {}
-
-    def compiling(kernel):
-        class Launch:
-            def __getitem__(self, grid):
-                def run(*args, **kwargs):
-                    src, options = kernel_source(kernel, args, kwargs)
-                    key = (kernel.__name__, str(src.signature), str(src.constants), str(options))
-                    if key not in compiled:
-                        binary = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
-                        assert binary.asm["cubin"], key
-                        assert binary.metadata.shared <= SM90_SHARED_BYTES, (key, binary.metadata.shared)
-                        compiled[key] = binary.metadata.shared
-                return run
-        return Launch()
-
-    for module in (cell, persistent, streamed):
-        module.wrap_triton = compiling
-    # (implementation, H, P with a projection, dtypes): each at its size limit.
-    cases = [("per-step", 13, 7, (torch.float64, torch.float32, torch.bfloat16)),
-             ("per-step", 300, 150, (torch.float32, torch.float16)),
-             ("persistent", 64, 32, (torch.float32,)),
-             ("persistent", 128, 64, (torch.bfloat16, torch.float16)),
-             ("streamed", 256, 128, (torch.float32, torch.bfloat16, torch.float16))]
-    for implementation, H, P, dtypes in cases:
+    cases = [("per-step", 13, (torch.float64, torch.float32, torch.bfloat16)),
+             ("per-step", 300, (torch.float32, torch.float16)),
+             ("persistent", 64, (torch.float32,)),
+             ("persistent", 128, (torch.bfloat16, torch.float16)),
+             ("streamed", 256, (torch.float32, torch.bfloat16, torch.float16))]
+    reports = {}
+    for implementation, H, dtypes in cases:
         for dtype in dtypes:
-            for layout, proj, reverse, save in (("packed", True, True, True), ("dense", False, False, False)):
-                args = layer_sample(layout, proj, reverse, dtype, H=H, P=P)
-                x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse = args
-                fwd, bwd = IMPLEMENTATIONS[implementation]
-                steps = steps_of(x_proj, h0, batch_sizes, reverse)
-                output, h_n, c_n, acts, cells, h_raw = fwd(x_proj, w_hh, h0, c0, w_hr, steps, save)
-                if save:
-                    grads = (torch.empty_like(output), torch.empty_like(h_n), torch.empty_like(c_n))
-                    bwd(*grads, w_hh, h0, c0, w_hr, steps, output, acts, cells, h_raw)
-    names = sorted({key[0] for key in compiled})
-    print(f"{len(compiled)} variants of {len(names)} kernels compiled for sm_90: {names}; "
-          f"shared memory up to {max(compiled.values())} bytes")
+            for proj in (True, False):
+                launches = budget.layer_launches(implementation, dtype, H, H // 2 if proj else H, proj)
+                for kernel, args, kwargs in budget.distinct(launches):
+                    where = (kernel.__name__, str(dtype), H, proj)
+                    reports[where] = report = budget.compile_report(kernel, args, kwargs, arch=90)
+                    assert report["shared"] <= budget.SHARED_PER_BLOCK[90], (where, report)
+                    if implementation == "persistent":
+                        assert report["spilled"] == 0, (where, report)
+    names = sorted({where[0] for where in reports})
+    print(f"{len(reports)} variants of {len(names)} kernels compiled for sm_90; shared memory up to "
+          f"{max(r['shared'] for r in reports.values())} bytes")
     assert names == ["_lstm_cell_bwd_kernel", "_lstm_cell_fwd_kernel", "_lstm_persistent_bwd_kernel",
                      "_lstm_persistent_fwd_kernel", "_lstm_streamed_bwd_kernel", "_lstm_streamed_fwd_kernel"], names
 
@@ -473,6 +430,18 @@ def test_kernels_compile_for_sm90():
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.mark.slow
+def test_budget_cli_reports_each_kernel():
+    """`python -m fusedlstm.triton.budget` prints ptxas's allotment per kernel and size."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-m", "fusedlstm.triton.budget", "--kernel", "per-step", "--sizes",
+                             "13", "--dtypes", "fp32"], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("cell_")]
+    assert [row[:4] for row in rows] == [["cell_fwd", "fp32", "13", "13"], ["cell_bwd", "fp32", "13", "13"]]
+    assert all(0 < int(row[5]) <= 255 and row[-1] == "yes" for row in rows), rows
 
 
 @pytest.mark.skipif(ops.cpp is None, reason="fusedlstm._C is not built: no C++ schemas to compare")

@@ -7,9 +7,16 @@ InterpretedFunction, which wrap_triton rejects in torch releases before
 pytorch/pytorch#185597 (torch 2.11 among them): it is launched directly
 there, as newer torch does itself. The name stays `wrap_triton` because
 torch finds a triton_op's kernels by looking for calls of that name.
+
+Within `capture_launches()`, launches are recorded instead of run: what each
+launcher passes its kernel, for compiling the kernels ahead of time for a
+GPU that is not there (budget.py).
 """
 
 from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
 
 import torch
 import triton.language as tl
@@ -25,7 +32,32 @@ def is_interpreted(kernel) -> bool:
     return isinstance(kernel, InterpretedFunction)
 
 
+_captured: list | None = None  # the list of the innermost capture_launches(), if any
+
+
+@contextlib.contextmanager
+def capture_launches() -> Iterator[list[tuple[Any, tuple, dict]]]:
+    """Within it, wrap_triton(kernel)[grid](*args, **kwargs) runs nothing and
+    appends (kernel, args, kwargs) to the list it yields."""
+    global _captured
+    outer, _captured = _captured, []
+    try:
+        yield _captured
+    finally:
+        _captured = outer
+
+
+class _Recorder:
+    def __init__(self, kernel, into: list):
+        self.kernel, self.into = kernel, into
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.into.append((self.kernel, args, kwargs))
+
+
 def wrap_triton(kernel):
+    if _captured is not None:
+        return _Recorder(kernel, _captured)
     return kernel if is_interpreted(kernel) else _torch_wrap_triton(kernel)
 
 

@@ -51,14 +51,15 @@ On-chip budget and the size limit
     shared memory (227 KiB per block) and 64K 32-bit registers (at most 255
     per thread). Triton decides where the weight blocks live; ptxas's report
     for sm_90 (Triton 3.8, `python -m fusedlstm.triton.budget`, no GPU
-    needed; 2026-11-28) shows that it stages them through shared memory and
-    that shared memory is the limit. Registers / shared KiB per program, fwd
-    and bwd, no spills anywhere:
+    needed; 2026-11-28, remeasured for the kernels as they are now) shows that
+    it stages them through shared memory and that shared memory is the limit.
+    Registers / shared KiB per program, fwd and bwd, no spills anywhere:
 
-        dtype      max(H, P)=64         128                   256
-        fp16/bf16  191/37, 190/43       255/137, 255/149      -/525, -/549  too big
-        fp32       255/73, 210/117      32/273, 48/361 too big
-        (with a projection, P = H/2: bf16 H=128 198/87, 254/101; fp32 H=128
+        dtype  max(H, P)=64       128                  256 (first report)
+        bf16   203/37, 190/43     255/137, 254/149     -/525, -/549  too big
+        fp16   190/37, 191/43     255/137, 250/149     as bf16
+        fp32   255/73, 210/117    32/273, 48/361 too big
+        (with a projection, P = H/2: bf16 H=128 200/89, 254/101; fp32 H=128
          bwd 261 KiB, too big)
 
     So SIZE_LIMITS: max(H, P) <= 128 for 2-byte data (8 warps above 64),
