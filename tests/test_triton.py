@@ -1,7 +1,7 @@
 """The Triton backend: its cell kernels and its three layer implementations
 (per-step, persistent, streamed) against the reference oracle and nn.LSTM;
-the layer ops' choice among them; the ops' registration and tracing; and the
-same at real sizes on a GPU.
+the layer ops' choice among them; the ops' registration and tracing; the
+kernels compiled for sm_90 without a GPU; and the same at real sizes on a GPU.
 
 Without a GPU these run through Triton's interpreter on CPU tensors
 (tests/conftest.py sets TRITON_INTERPRET=1 there), so shapes stay small. The
