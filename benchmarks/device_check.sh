@@ -2,7 +2,8 @@
 # The one prepared check for the GPU machine (one H200; torch 2.11+cu130,
 # Python 3.12, no network): build the CUDA kernels for sm_90, run the whole
 # test suite (CUDA tests included), benchmark fp32 and bf16 with
-# `fusedlstm bench --device cuda`, and print the combined short table last.
+# `fusedlstm bench --device cuda`, list the kernels of three float32 cases
+# (benchmarks/profile_kernels.py), and print the combined short table last.
 #
 #   [FUSEDLSTM_COMMIT=<hash>] bash benchmarks/device_check.sh [RESULTS_DIR]
 #
