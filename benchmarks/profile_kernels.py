@@ -3,9 +3,10 @@ look at a benchmark case, to explain a time rather than to measure one.
 
     python benchmarks/profile_kernels.py --shape small-h128 --dtype float32 --device cuda
 
-For each provider: the wall time of one forward+backward call (host clock,
-synchronized, not profiled) beside the time its kernels keep the device busy
-(when far less, the host's launches are the bottleneck); then the kernels (device
+For each provider: the time of one forward+backward call as `fusedlstm bench`
+takes it (fusedlstm.bench.timing.measure: median of `--calls` unprofiled
+calls) beside the time its kernels keep the device busy (when far less, the
+host's launches are the bottleneck); then the kernels (device
 time, or CPU ops without a GPU) of `--calls` profiled calls after one warm-up
 call, as launches per call and per step (T), average time per launch and
 share of the device time, the top `--top` by total time. The bench's shapes,
@@ -18,42 +19,28 @@ backend took 84 ms at small-h128 in float32, more than at H=256 (small-b8).
 from __future__ import annotations
 
 import argparse
-import time
 from collections import defaultdict
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from fusedlstm.bench.cases import BASELINE, DTYPES, SHAPES, Case
+from fusedlstm.bench.timing import Budget, measure, set_tf32, synchronize
 from fusedlstm.bench.workloads import build
 
 
 def kernel_table(case: Case, provider: str, calls: int) -> tuple[list[tuple[str, int, float]], float, float]:
-    """([(name, launches, total µs)] sorted by total time, total µs, wall µs per
-    call) of `calls` forward+backward calls of `provider` on `case`, after one
-    untimed call; the wall time from `calls` further calls, not profiled."""
+    """([(name, launches, total µs)] sorted by total time, total µs, µs per call)
+    of `calls` profiled forward+backward calls of `provider` on `case`; the time
+    per call is the median of `calls` unprofiled ones after one warm-up call."""
     workload = build(case, provider)
     on_gpu = case.device == "cuda"
-
-    def run_calls() -> float:
-        """µs of host time that `calls` calls take, their preparation left out."""
-        spent = 0.0
-        for _ in range(calls):
-            arg = workload.prepare()
-            if on_gpu:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            workload.run(arg)
-            if on_gpu:
-                torch.cuda.synchronize()
-            spent += time.perf_counter() - start
-        return spent * 1e6
-
-    workload.run(workload.prepare())
-    wall = run_calls() / calls
+    wall = measure(workload, case.device, Budget.fixed(calls, warmup=1)).median_s * 1e6
     activities = [ProfilerActivity.CUDA] if on_gpu else [ProfilerActivity.CPU]
     with profile(activities=activities) as prof:
-        run_calls()
+        for _ in range(calls):
+            workload.run(workload.prepare())
+        synchronize(case.device)
     launches: dict[str, int] = defaultdict(int)
     micros: dict[str, float] = defaultdict(float)
     for event in prof.events():
@@ -94,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is visible to PyTorch")
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32 == "on"
+    set_tf32(args.tf32 == "on")
     for name in args.shape:
         case = Case(SHAPES[name], "forward+backward", DTYPES[args.dtype], args.device)
         for provider in args.providers:
