@@ -6,7 +6,7 @@
 
 #include <c10/util/Exception.h>
 
-#include "cpu/lstm_cpu.h"
+#include "cpu/cpu_capability.h"
 
 namespace {
 

@@ -13,9 +13,10 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
-#include <string_view>
 #include <tuple>
 #include <utility>
+
+#include "cpu_capability.h"
 
 namespace fusedlstm::cpu {
 
@@ -56,17 +57,8 @@ LstmLayerBwd lstm_layer_bwd_cpu;
 extern const Kernels kernels;
 }  // namespace CPU_CAPABILITY
 #else
-// Everywhere else: the level this process runs, chosen at the first call of one of
-// these: the best level built in whose CPU flags /proc/cpuinfo lists (DEFAULT where
-// it cannot be read), no better than FUSEDLSTM_CPU_CAPABILITY when that is set.
-// FUSEDLSTM_CPU_CAPABILITY naming no level built in is a c10::ValueError, raised by
-// each of these.
-const char* cpu_capability();  // "AVX512", "AVX2" or "DEFAULT"
+// Everywhere else: the kernels of the level this process runs (cpu_capability.h).
 const Kernels& active_kernels();
-
-// The choice for a CPU with `cpu_flags` (space-separated, as /proc/cpuinfo lists
-// them) and a cap `requested` (a level's name in any case, or "" for none).
-const char* choose_cpu_capability(std::string_view cpu_flags, std::string_view requested);
 
 // Calls `kernel` of the active level.
 template <auto kernel>
