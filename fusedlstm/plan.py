@@ -60,9 +60,9 @@ def processing_order(T: int, reverse: bool) -> range:
 
 def on_device(table: Tensor, device: torch.device) -> Tensor:
     """The table on `device`, for kernels that read it there. To a GPU it is
-    copied from pinned memory with non_blocking=True: the host does not wait
-    for the copy, and a CUDA graph can capture it. While tracing (fake
-    tensors, which cannot be pinned) the traced graph holds a plain copy."""
+    copied from pinned memory with non_blocking=True, so the host does not
+    wait for the copy. While tracing (fake tensors, which cannot be pinned)
+    the traced graph holds a plain copy."""
     if device.type == "cpu":
         return table
     if not is_fake(table):

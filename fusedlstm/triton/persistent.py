@@ -55,16 +55,16 @@ On-chip budget and the size limit
     shared memory (227 KiB per block) and 64K 32-bit registers (at most 255
     per thread). Triton decides where the weight blocks live; ptxas's report
     for sm_90 (Triton 3.8, `python -m fusedlstm.triton.budget`, no GPU
-    needed; 2026-11-28, remeasured for the kernels as they are now) shows that
-    it stages them through shared memory and that shared memory is the limit.
-    Registers / shared KiB per program, fwd and bwd, no spills anywhere:
+    needed) shows that it stages them through shared memory and that shared
+    memory is the limit. Registers / shared KiB per program, fwd and bwd, no
+    spills anywhere:
 
-        dtype  max(H, P)=64       128                  256 (first report)
-        bf16   203/37, 190/43     255/137, 254/149     -/525, -/549  too big
-        fp16   190/37, 191/43     255/137, 250/149     as bf16
-        fp32   255/73, 210/117    32/273, 48/361 too big
-        (with a projection, P = H/2: bf16 H=128 200/89, 254/101; fp32 H=128
-         bwd 261 KiB, too big)
+        dtype  max(H, P)=64       128                  256
+        bf16   252/37, 254/43     248/137, 255/149     255/525, 255/549  too big
+        fp16   250/37, 254/43     248/137, 255/149     as bf16
+        fp32   255/73, 222/117    32/273, 48/361 too big
+        (with a projection, P = H/2: bf16 H=128 246/89, 255/101; fp32 H=128
+         255/177, 255/261, bwd too big)
 
     So SIZE_LIMITS: max(H, P) <= 128 for 2-byte data (8 warps above 64),
     <= 64 for fp32. Larger sizes go to the streamed kernel (streamed.py),
@@ -73,8 +73,9 @@ On-chip budget and the size limit
     sm_90 (seen up to H = 32 in the report) but that is unverified for
     Triton 3.6, and float64 is for checking, not speed.
 
-Speed, on an H200 (torch 2.11, Triton 3.6, 2026-11-28; `fusedlstm bench
---device cuda --dtype bfloat16 --tf32 off`, benchmarks/RESULTS.md and
+Speed, on an H200 (commit 62c5e73, torch 2.11, Triton 3.6, 2026-11-28;
+`fusedlstm bench --device cuda --dtype bfloat16 --tf32 off`,
+benchmarks/RESULTS.md and
 benchmarks/results/gpu/h200-bfloat16-2026-11-28-run3.json): `small-h128`
 (T=1000, B=8, I=64, H=128, bfloat16) forward+backward 6.41 ms against
 cuDNN's 29.9 ms in the same run, 0.21x (forward 0.27x, backward 0.23x).

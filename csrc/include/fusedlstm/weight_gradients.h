@@ -47,7 +47,7 @@ inline at::Tensor recurrent_weight_grad(const LayerGeometry& g, const at::Tensor
     return grad;
   }
   // The index is written on the host, in pinned memory when it goes to a
-  // GPU: the copy then does not wait for the host.
+  // GPU, so that the host does not wait for the copy.
   at::Tensor index = at::empty({g.rows}, at::TensorOptions().dtype(at::kLong).pinned_memory(output.is_cuda()));
   int64_t* source = index.mutable_data_ptr<int64_t>();  // row of [output; h0] for each row
   for (const StepPlan& s : plan) {
