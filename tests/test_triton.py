@@ -432,6 +432,17 @@ def test_fused_lstm_on_each_implementation(on_cpu, monkeypatch, forced, dtype, k
 
 
 @pytest.mark.parametrize("forced", list(IMPLEMENTATIONS))
+def test_layer_op_without_saving(on_cpu, monkeypatch, forced):
+    """The forward op alone (save_for_backward=False, as under torch.no_grad) returns six
+    distinct tensors, as a custom op must (the empty acts, cells and h_raw included)."""
+    monkeypatch.setattr(triton_ops, "layer_implementation", lambda H, P, dtype: forced)
+    args = layer_sample("packed", True, False)
+    results = OPS.layer_fwd(*args, False)
+    assert len({id(r) for r in results}) == 6 and all(r.numel() == 0 for r in results[3:])
+    assert_close(results[0], reference.lstm_layer_fwd(*args)[0], torch.float64, "output")
+
+
+@pytest.mark.parametrize("forced", list(IMPLEMENTATIONS))
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=["bf16", "f16"])
 @pytest.mark.parametrize("kind", ["padded", "packed"])
 def test_reduced_precision_on_each_implementation(on_cpu, monkeypatch, forced, dtype, kind):

@@ -86,9 +86,8 @@ def layer_fwd(kernel, kernels: Kernels, x_proj: Tensor, w_hh: Tensor, h0: Tensor
             steps.table, steps.T, B, H, P,
             HAS_PROJ=proj, PACKED=steps.packed, REVERSE=steps.reverse, SAVE=save,
             MATH=math_dtype(x.dtype), DOT=dot_dtype(x.dtype, kernel), BLOCK_B=BLOCK_B, **kernels.tiles(H, P))
-    empty = x.new_empty(0)
-    return (output, h_n, c_n, acts if save else empty, cells if save else empty,
-            h_raw if save and proj else empty)
+    return (output, h_n, c_n, acts if save else x.new_empty(0), cells if save else x.new_empty(0),
+            h_raw if save and proj else x.new_empty(0))  # returns must not alias each other
 
 
 def layer_bwd(kernel, kernels: Kernels, grad_output: Tensor | None, grad_h_n: Tensor | None,
