@@ -63,12 +63,15 @@ class _Recorder:
         return lambda *args, **kwargs: self.into.append((self.kernel, args, kwargs))
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # real tensors, told apart without is_fake's cost
+
+
 def launch_device(values) -> torch.device | None:
     """The device a launch with these arguments must run on: that of its first
     CUDA tensor, or None (CPU tensors, fake tensors: no kernel runs on a GPU)."""
     for value in values:
-        if isinstance(value, torch.Tensor) and value.device.type == "cuda":
-            return None if is_fake(value) else value.device
+        if isinstance(value, torch.Tensor) and value.is_cuda:
+            return value.device if type(value) in _PLAIN or not is_fake(value) else None
     return None
 
 
