@@ -72,8 +72,8 @@ def lstm_cell_bwd(grad_h: Tensor, grad_c: Tensor, act: Tensor, c_prev: Tensor,
 
 class _Steps:
     """A layer's per-step tensors ([T, B, W] dense or [N, W] packed) viewed as
-    [rows, W] and walked in the order of the layer's plan (fusedlstm.plan):
-    entry k's rows are [offset, offset + rows)."""
+    [rows, W] (`flat`) and walked in the order of the layer's plan
+    (fusedlstm.plan): entry k's rows are [offset, offset + rows)."""
 
     def __init__(self, per_step: Tensor, batch_sizes: Tensor | None, reverse: bool, B: int):
         self.dense = batch_sizes is None
@@ -85,14 +85,17 @@ class _Steps:
     def flat(tensor: Tensor) -> Tensor:
         return tensor.reshape(-1, tensor.shape[-1])
 
-    def rows(self, tensor: Tensor, s: plan.StepPlan) -> Tensor:
-        """Entry s's rows of a per-step tensor."""
-        return self.flat(tensor)[s.offset:s.offset + s.rows]
+    @staticmethod
+    def rows(flat: Tensor, s: plan.StepPlan) -> Tensor:
+        """Entry s's rows of a flat per-step tensor."""
+        return flat[s.offset:s.offset + s.rows]
 
-    def previous(self, tensor: Tensor, s: plan.StepPlan, initial: Tensor) -> Tensor:
+    @staticmethod
+    def previous(flat: Tensor, s: plan.StepPlan, initial: Tensor) -> Tensor:
         """What entry s starts from: rows b < s.continuing of the entry
-        processed before it, initial[b] ([B, W]) for the others."""
-        carried = self.flat(tensor)[s.prev_offset:s.prev_offset + s.continuing]
+        processed before it (in a flat per-step tensor), initial[b] ([B, W])
+        for the others."""
+        carried = flat[s.prev_offset:s.prev_offset + s.continuing]
         return torch.cat([carried, initial[s.continuing:s.rows]])
 
     def join(self, per_entry: list[Tensor]) -> Tensor:
@@ -119,10 +122,11 @@ def lstm_layer_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: T
     # b < s.rows take part: h[:n] and c[:n] hold the previous entry's values
     # for b < s.continuing and, untouched so far, h0 and c0 for the others.
     h, c = h0, c0
+    x_rows = steps.flat(x_proj)
     outs, acts, cells, raws = [], [], [], []
     for s in steps.plan:
         n = s.rows
-        gates = steps.rows(x_proj, s) + h[:n] @ w_hh.t()
+        gates = steps.rows(x_rows, s) + h[:n] @ w_hh.t()
         h_t, c_t, act_t = lstm_cell_fwd(gates, c[:n])
         raws.append(h_t)
         if w_hr is not None:
@@ -149,18 +153,21 @@ def lstm_layer_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_c_n
     # dL/dh and dL/dc reaching each sequence's latest state, walking back.
     dh = grad_h_n if grad_h_n is not None else torch.zeros_like(h0)
     dc = grad_c_n if grad_c_n is not None else torch.zeros_like(c0)
+    out_rows, acts_rows, cells_rows = steps.flat(output), steps.flat(acts), steps.flat(cells)
+    go_rows = steps.flat(grad_output) if grad_output is not None else None
+    raw_rows = steps.flat(h_raw) if w_hr is not None else None
     grad_x = [None] * steps.T
     grad_w_hh = torch.zeros_like(w_hh)
     grad_w_hr = torch.zeros_like(w_hr) if w_hr is not None else None
     for k in reversed(range(steps.T)):
         s = steps.plan[k]
         n = s.rows
-        h_prev = steps.previous(output, s, h0)
-        c_prev = steps.previous(cells, s, c0)
-        act_t, c_t = steps.rows(acts, s), steps.rows(cells, s)
-        dh_out = dh[:n] if grad_output is None else dh[:n] + steps.rows(grad_output, s)
+        h_prev = steps.previous(out_rows, s, h0)
+        c_prev = steps.previous(cells_rows, s, c0)
+        act_t, c_t = steps.rows(acts_rows, s), steps.rows(cells_rows, s)
+        dh_out = dh[:n] if go_rows is None else dh[:n] + steps.rows(go_rows, s)
         if w_hr is not None:
-            grad_w_hr = grad_w_hr + dh_out.t() @ steps.rows(h_raw, s)
+            grad_w_hr = grad_w_hr + dh_out.t() @ steps.rows(raw_rows, s)
             dh_cell = dh_out @ w_hr
         else:
             dh_cell = dh_out
