@@ -222,8 +222,8 @@ CODE_HISTORY = re.compile(
     r"\s+sessions?\b|\bsessions? \d+\b|\bthis stretch\b|\blent (to|us|this)\b|\bdevice tool\b",
     re.IGNORECASE)
 
-CODE_FOLDERS = ("fusedlstm", "tests", "benchmarks", "csrc", "cmake", ".ci")
-CODE_SUFFIXES = {".py", ".sh", ".cpp", ".h", ".cu", ".cuh", ".txt", ".cmake", ".toml", ""}
+CODE_FOLDERS = ("fusedlstm", "tests", "benchmarks", "csrc", "cmake")
+CODE_SUFFIXES = {".py", ".sh", ".cpp", ".h", ".cu", ".cuh", ".txt", ".cmake"}
 
 
 def history_problems(text: str, pattern: re.Pattern) -> list[str]:
@@ -232,12 +232,14 @@ def history_problems(text: str, pattern: re.Pattern) -> list[str]:
 
 
 def code_files() -> list[Path]:
-    files = [ROOT / "setup.py", ROOT / "CMakeLists.txt", ROOT / "pyproject.toml"]
+    """The project's code, build files and scripts (not build outputs or caches: no
+    folder whose name starts with '.', '_' or 'build')."""
+    files = [ROOT / name for name in ("setup.py", "CMakeLists.txt", "pyproject.toml", ".ci/run")]
     for folder in CODE_FOLDERS:
-        files += [p for p in (ROOT / folder).rglob("*") if p.is_file() and p.suffix in CODE_SUFFIXES]
-    skipped = {Path(__file__).resolve()}
-    return sorted(p for p in files if p.exists() and p.resolve() not in skipped
-                  and "__pycache__" not in p.parts and p.suffix != ".so")
+        files += [p for p in (ROOT / folder).rglob("*")
+                  if p.is_file() and p.suffix in CODE_SUFFIXES
+                  and not any(part.startswith((".", "_", "build")) for part in p.relative_to(ROOT).parts[:-1])]
+    return sorted(p for p in files if p.exists() and p.resolve() != Path(__file__).resolve())
 
 
 # --- the tests ----------------------------------------------------------------------------------
