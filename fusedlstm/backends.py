@@ -10,6 +10,7 @@
                  for CUDA ones
 
 FUSEDLSTM_BACKEND, when set, replaces "auto" for modules created afterwards.
+Meta tensors (shapes only) run through the ops' fake rules whatever the backend.
 Each backend offers `cell(gates, c_prev) -> (h, c)` and
 `layer(x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse) -> (output, h_n, c_n)`,
 both differentiable.

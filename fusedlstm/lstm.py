@@ -21,8 +21,10 @@ from .checks import check_hidden_dtype, check_packed_sequence, check_same_device
 
 
 def autocast_enabled(device_type: str) -> bool:
-    """torch.is_autocast_enabled for a device type that may have no autocast (meta)."""
-    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    """torch.is_autocast_enabled, False for meta tensors (which it refuses: no autocast
+    for the meta device). A string comparison: torch.amp.is_autocast_available would
+    double the cost of this per-call check (2.2 -> 5.1 us, loaded 2-core machine)."""
+    return device_type != "meta" and torch.is_autocast_enabled(device_type)
 
 
 class FusedLSTM(nn.Module):

@@ -302,7 +302,8 @@ CLI = cases("cli", [
     ("sample --backend fortran", lambda run, corpus: sample_args(run, "--backend", "fortran"), 2,
      r"argument --backend: backend must be one of .*got 'fortran'"),
     ("train --backend cuda on a CPU", lambda run, corpus: train_args(corpus, "--out", f"{run}x", "--backend", "cuda"), 1,
-     r"backend 'cuda' cannot run on cpu here: the cuda backend runs on CUDA tensors, not cpu; usable there: cpu"),
+     r"backend 'cuda' cannot run on cpu here: the cuda backend runs on CUDA tensors, not cpu; pass --backend "
+     r"with one that can: cpu"),
     ("sample --backend cuda on a CPU", lambda run, corpus: sample_args(run, "--backend", "cuda"), 1,
      r"backend 'cuda' cannot run on cpu here"),
     ("train --backend triton without the interpreter",
@@ -409,9 +410,19 @@ BAD_INPUTS = CONSTRUCTOR + MODULE + CELL_MODULE + OP + CLI + CHECKPOINT
 
 # --- the targets ----------------------------------------------------------------------------------
 
+def zeros_on(device):
+    return lambda *shape, dtype=torch.float32: torch.zeros(*shape, dtype=dtype, device=device)
+
+
 def contract(target):
     """(implementation of the contract, tensor factory, context) of an op target; skips if unusable."""
-    zeros = lambda *shape, dtype=torch.float32: torch.zeros(*shape, dtype=dtype)  # noqa: E731
+    zeros = zeros_on("cpu")
+    if target == "cuda":  # the CUDA kernels' checks (checks.h)
+        skip_unless_usable("cuda", "cuda")
+        return ops.cpp, zeros_on("cuda"), None
+    if target == "triton-cuda":  # the Triton ops on the GPU
+        skip_unless_usable("triton", "cuda")
+        return backends.BACKENDS["triton"].implementation(), zeros_on("cuda"), None
     if target == "reference":
         return (SimpleNamespace(cell_fwd=reference.lstm_cell_fwd, cell_bwd=reference.lstm_cell_bwd,
                                 layer_fwd=reference.lstm_layer_fwd, layer_bwd=reference.lstm_layer_bwd),
@@ -422,13 +433,14 @@ def contract(target):
     if ops.cpp is None:
         pytest.skip("fusedlstm._C is not built")
     if target == "meta":  # the C++ ops' meta kernels are the fake rules; batch_sizes stays on the CPU
-        return ops.cpp, lambda *shape, dtype=torch.float32: torch.zeros(*shape, dtype=dtype, device="meta"), None
+        return ops.cpp, zeros_on("meta"), None
     if target == "fake":
         return ops.cpp, zeros, FakeTensorMode
     return ops.cpp, zeros, None  # "cpu": the C++ kernels' own checks (checks.h)
 
 
-OP_TARGETS = ("cpu", "triton", "reference", "meta", "fake")
+OP_TARGETS = ("cpu", "triton", "reference", "meta", "fake", "cuda", "triton-cuda")
+GPU_TARGETS = ("cuda", "triton-cuda")
 MODULE_TARGETS = ("cpu", "reference", "triton")
 
 
@@ -473,8 +485,10 @@ def run_cli(argv, capsys):
     return status, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case,target", [pytest.param(c, target, id=f"{c.kind}: {c.id} [{target}]")
-                                         for c in BAD_INPUTS for target in targets(c)])
+@pytest.mark.parametrize("case,target", [
+    pytest.param(c, target, id=f"{c.kind}: {c.id} [{target}]",
+                 marks=[pytest.mark.cuda] if target in GPU_TARGETS else [])
+    for c in BAD_INPUTS for target in targets(c)])
 def test_bad_input(case, target, request, monkeypatch):
     if case.kind == "constructor":
         kwargs = dict(case.call)

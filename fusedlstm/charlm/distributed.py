@@ -80,8 +80,8 @@ def check_backend(name: str, device: torch.device) -> None:
         raise CharLMError(f"{error} (--backend or {backends.ENV_VAR})") from None
     reason = None if setting == backends.AUTO else backends.BACKENDS[setting].unavailable(device.type)
     if reason is not None:
-        raise CharLMError(f"backend {setting!r} cannot run on {device.type} here: {reason}; usable "
-                          f"there: {', '.join(backends.available_backends(device))}")
+        raise CharLMError(f"backend {setting!r} cannot run on {device.type} here: {reason}; pass "
+                          f"--backend with one that can: {', '.join(backends.available_backends(device))}")
 
 
 def start(device_choice: str) -> tuple[Group, torch.device]:

@@ -238,8 +238,9 @@ def prepare_run_dir(run_dir: Path, resumed_step: int | None, overwrite: bool) ->
             again = "continue it" if checkpointed else "start it over"
             raise CharLMError(f"{str(run_dir)!r} already holds {what} ({', '.join(existing)}): pass "
                               f"--resume to {again}, --overwrite to replace it, or another --out")
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
+        if overwrite:
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
 
 
 # --- the loop --------------------------------------------------------------------------------
@@ -301,7 +302,8 @@ class _Trainer:
             self.model.load_state_dict(checkpoint["model"])
         with ckpt.reading(file, "optimizer state"):
             self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.progress.update(checkpoint["progress"])
+        with ckpt.reading(file, "progress counters"):
+            self.progress.update(checkpoint["progress"])
         # The carried state of all streams, [L, B, H] per layer group; take this process's slice.
         local = self.config.batch_size // self.group.world
         rows = slice(self.group.rank * local, (self.group.rank + 1) * local)
