@@ -393,7 +393,12 @@ CHECKPOINT = [damaged(*row) for row in [
     ("invalid config", ckpt.BEST, edit_checkpoint(lambda c: c["config"].update(hidden_sizes=[-1])), "sample",
      r"its configuration, vocabulary and weights cannot be used \(hidden sizes must be positive"),
     ("invalid config", ckpt.LAST, edit_checkpoint(lambda c: c["config"].update(dropout="x")), "resume",
-     r"'.*last.pt' is damaged or inconsistent: its configuration cannot be used"),
+     r"'.*last.pt' is damaged or inconsistent: its configuration, vocabulary or corpus record cannot be used"),
+    ("repeated characters in the vocabulary", ckpt.LAST, edit_checkpoint(lambda c: c.update(vocab=c["vocab"] * 2)),
+     "resume", r"its configuration, vocabulary or corpus record cannot be used \(vocabulary characters must be "
+               r"distinct\)"),
+    ("no corpus record", ckpt.LAST, edit_checkpoint(lambda c: c.update(corpus=None)), "resume",
+     r"its configuration, vocabulary or corpus record cannot be used \('NoneType' object is not subscriptable\)"),
     ("optimizer of another model", ckpt.LAST, edit_checkpoint(other_model_optimizer), "resume",
      r"its optimizer state cannot be used"),
     ("carried state of another model", ckpt.LAST,

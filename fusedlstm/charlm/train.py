@@ -88,8 +88,10 @@ def resume(run_dir: str | Path, progress: bool = True, **overrides) -> TrainResu
     if any((run_dir / name).is_file() for name in (ckpt.LAST, ckpt.BEST)):
         file = ckpt.resolve(run_dir, ckpt.LAST)
         checkpoint = ckpt.load(file, needs=ckpt.RESUMING_KEYS)
-        with ckpt.reading(file, "configuration"):
+        with ckpt.reading(file, "configuration, vocabulary or corpus record"):
             saved = TrainConfig.from_dict(checkpoint["config"])
+            Vocabulary(checkpoint["vocab"])
+            str(checkpoint["corpus"]["sha256"])
     else:
         checkpoint, saved = None, _unstarted_run_config(run_dir)
     config = dataclasses.replace(resumed_config(saved, **overrides), out=str(run_dir))
