@@ -21,8 +21,10 @@ backward the reference's differentiable formulas.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -77,7 +79,46 @@ FAKE_RULES = dict(zip(CONTRACT, (cell_fwd_fake, cell_bwd_fake, layer_fwd_fake, l
 # backward on a differentiable recomputation of the forward from the saved inputs, so that
 # autograd can differentiate them again. That needs the forward's inputs (gates, x_proj)
 # saved beside its activations, as PyTorch's own fused LSTM cell does (derivatives.yaml,
-# _thnn_fused_lstm_cell: the differentiable backward under GradMode).
+# _thnn_fused_lstm_cell). They cost half as much memory again as the activations (saved
+# tensors of a 2-layer H=128 layer: 21.4 MiB instead of 13.4 MiB at T=64, B=32), for a
+# feature few models use, so a forward keeps them only inside `double_backward()`; a
+# backward with create_graph=True without them raises an error saying so (cuDNN's LSTM
+# has no double backward at all).
+
+_keep_inputs = threading.local()
+
+
+@contextlib.contextmanager
+def double_backward(enabled: bool = True) -> Iterator[None]:
+    """Forwards run inside keep their inputs, so that their backward can be
+    differentiated again (torch.autograd.grad(..., create_graph=True)).
+
+        with fusedlstm.double_backward():
+            out, _ = lstm(x)
+        (g,) = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
+        g.pow(2).sum().backward()
+
+    Read when a forward runs (under torch.compile: when it is traced), per thread."""
+    previous = getattr(_keep_inputs, "enabled", False)
+    _keep_inputs.enabled = enabled
+    try:
+        yield
+    finally:
+        _keep_inputs.enabled = previous
+
+
+def _keeps_inputs() -> bool:
+    return getattr(_keep_inputs, "enabled", False)
+
+
+def _check_inputs_kept(kept: Tensor | None) -> None:
+    if kept is None:
+        raise RuntimeError(
+            "fusedlstm: a backward with create_graph=True (double backward: gradient penalties, "
+            "Hessian-vector products) needs the forward's inputs, which are kept only on request; "
+            "run the forward inside `with fusedlstm.double_backward():` (it keeps the gate "
+            "pre-activations: about 1.5x the activation memory)")
+
 
 def register_autograd(ops: "ContractOps") -> None:
     """Attach the contract's autograd formulas to one backend's forward ops."""
@@ -85,7 +126,7 @@ def register_autograd(ops: "ContractOps") -> None:
     def cell_setup(ctx, inputs, output):
         gates, c_prev = inputs
         _, c, act = output
-        ctx.save_for_backward(gates, c_prev, act, c)
+        ctx.save_for_backward(gates if _keeps_inputs() else None, c_prev, act, c)
         ctx.mark_non_differentiable(act)
         ctx.set_materialize_grads(False)
 
@@ -96,6 +137,7 @@ def register_autograd(ops: "ContractOps") -> None:
         if grad_c is None:
             grad_c = torch.zeros_like(c)
         if torch.is_grad_enabled():
+            _check_inputs_kept(gates)
             _, c, act = reference.lstm_cell_fwd(gates, c_prev)
             return reference.lstm_cell_bwd(grad_h, grad_c, act, c_prev, c)
         return ops.cell_bwd(grad_h, grad_c, act, c_prev, c)
@@ -103,7 +145,8 @@ def register_autograd(ops: "ContractOps") -> None:
     def layer_setup(ctx, inputs, output):
         x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse, save_for_backward = inputs
         out, _, _, acts, cells, h_raw = output
-        ctx.save_for_backward(x_proj, w_hh, h0, c0, w_hr, batch_sizes, out, acts, cells, h_raw)
+        ctx.save_for_backward(x_proj if _keeps_inputs() else None, w_hh, h0, c0, w_hr, batch_sizes,
+                              out, acts, cells, h_raw)
         ctx.reverse, ctx.saved_activations = reverse, save_for_backward
         ctx.mark_non_differentiable(acts, cells, h_raw)
         ctx.set_materialize_grads(False)
@@ -115,6 +158,7 @@ def register_autograd(ops: "ContractOps") -> None:
         x_proj, w_hh, h0, c0, w_hr, batch_sizes, out, acts, cells, h_raw = ctx.saved_tensors
         backward = ops.layer_bwd
         if torch.is_grad_enabled():
+            _check_inputs_kept(x_proj)
             out, _, _, acts, cells, h_raw = reference.lstm_layer_fwd(
                 x_proj, w_hh, h0, c0, w_hr, batch_sizes, ctx.reverse, True)
             backward = reference.lstm_layer_bwd

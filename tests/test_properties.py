@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from fusedlstm import FusedLSTM, backends
+from fusedlstm import FusedLSTM, backends, double_backward
 from lstm_testing import assert_close, forward_backward, make_input
 
 # The Triton backend joins under the interpreter (tests/conftest.py), at small sizes.
@@ -71,7 +71,8 @@ def test_random_gradient_penalties_match_nn_lstm(config, T, B, backend, seed):
     def penalty_grads(module):
         module.zero_grad()
         leaf = x.clone().requires_grad_()
-        out = module(leaf)[0]
+        with double_backward():
+            out = module(leaf)[0]
         weights = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
         (grad,) = torch.autograd.grad((out * weights).sum(), leaf, create_graph=True)
         grad.pow(2).sum().backward()
