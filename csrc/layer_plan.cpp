@@ -21,9 +21,9 @@ at::Tensor layer_plan(const std::optional<at::Tensor>& maybe_batch_sizes, int64_
                       bool reverse) {
   std::vector<int64_t> sizes;
   if (maybe_batch_sizes.has_value()) {
-    const at::Tensor& batch_sizes = *maybe_batch_sizes;
-    sizes = check_batch_sizes(batch_sizes, B);
-    FUSEDLSTM_CHECK_SHAPE(batch_sizes, T);
+    sizes = check_batch_sizes(*maybe_batch_sizes);
+    check_shape(*maybe_batch_sizes, {T}, "batch_sizes");
+    check_first_batch_size(sizes[0], B);
   }
   const std::vector<StepPlan> plan =
       build_layer_plan(maybe_batch_sizes.has_value() ? sizes.data() : nullptr, T, B, reverse);

@@ -13,7 +13,8 @@ functions walk the steps by the layer's plan (fusedlstm.plan), as every
 backend does.
 
 As in every backend, float16 and bfloat16 data is computed in float32 and
-the results rounded back.
+the results rounded back, and the arguments are checked first, by
+fusedlstm.checks (the C++ ops' rules and messages).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import functools
 import torch
 from torch import Tensor
 
-from . import plan
+from . import checks, plan
 
 _REDUCED = (torch.float16, torch.bfloat16)
 
@@ -43,6 +44,32 @@ def _in_float32(fn):
     return wrapper
 
 
+def _checked_by(check):
+    """Run check(*args, **kwargs) (it raises on bad arguments), then fn."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            check(*args, **kwargs)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def _check_layer_fwd_args(x_proj, w_hh, h0, c0, w_hr=None, batch_sizes=None, reverse=False,
+                          save_for_backward=True):
+    checks.check_layer_args(x_proj, w_hh, h0, c0, w_hr, batch_sizes)
+
+
+def _check_layer_bwd_args(grad_output, grad_h_n, grad_c_n, w_hh, h0, c0, w_hr, batch_sizes, reverse,
+                          output, acts, cells, h_raw):
+    checks.check_layer_bwd_args(grad_output, grad_h_n, grad_c_n, w_hh, h0, c0, w_hr, batch_sizes,
+                                output, acts, cells, h_raw)
+
+
+@_checked_by(checks.check_cell_fwd_args)
 @_in_float32
 def lstm_cell_fwd(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """gates: [B, 4H] pre-activations (order i, f, g, o), c_prev: [B, H]
@@ -54,6 +81,7 @@ def lstm_cell_fwd(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor, Tensor
     return h, c, torch.cat([i, f, g, o], dim=1)
 
 
+@_checked_by(checks.check_cell_bwd_args)
 @_in_float32
 def lstm_cell_bwd(grad_h: Tensor, grad_c: Tensor, act: Tensor, c_prev: Tensor,
                   c: Tensor) -> tuple[Tensor, Tensor]:
@@ -105,6 +133,7 @@ class _Steps:
         return joined.view(self.T, self.B, joined.shape[-1]) if self.dense else joined
 
 
+@_checked_by(_check_layer_fwd_args)
 @_in_float32
 def lstm_layer_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Tensor | None = None,
                    batch_sizes: Tensor | None = None, reverse: bool = False,
@@ -142,6 +171,7 @@ def lstm_layer_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: T
             steps.join(raws) if save_for_backward and w_hr is not None else empty)
 
 
+@_checked_by(_check_layer_bwd_args)
 @_in_float32
 def lstm_layer_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_c_n: Tensor | None,
                    w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Tensor | None,

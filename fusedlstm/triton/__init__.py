@@ -9,7 +9,6 @@ second implementation independent of the C++/CUDA one.
     one_launch.py  the launcher of the persistent and streamed kernels
     steps.py       the layer plan on the device (plan_entry), packed <-> padded
                    layouts, weight gradients
-    checks.py      argument checks (messages as in checks.h)
     launch.py      wrap_triton across torch versions and the interpreter, the
                    device guard of every launch
     ops.py         the four ops as torch.library.triton_op, with autograd
