@@ -158,7 +158,7 @@ def main():
     cxx_flags = ["-O3", *openmp, f"-DCPU_CAPABILITY={capability}",
                  f"-DCPU_CAPABILITY_{capability}"] + CPU_CAPABILITY_FLAGS[capability]
     include_dirs = [str(CSRC / "include")]
-    sources = [CSRC / "ops.cpp", CSRC / "python_module.cpp", *sorted((CSRC / "cpu").glob("*.cpp"))]
+    sources = [CSRC / "ops.cpp", CSRC / "layer_plan.cpp", CSRC / "python_module.cpp", *sorted((CSRC / "cpu").glob("*.cpp"))]
     arch_list = None
     if build_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and torch.cuda.device_count() == 0:

@@ -1,9 +1,9 @@
 """Loading of the compiled extension `fusedlstm._C`, guarded.
 
-`import fusedlstm` works without it (the reference and Triton backends need
-no C++); the C++ backends then report why they are unavailable. Loading
-checks first that the build matches this process: the torch it was compiled
-against, and the SIMD instructions its CPU kernels use.
+`import fusedlstm` works without it; the backends, which all need it (the
+C++ kernels, or the layer plan it builds), then report why they are
+unavailable. Loading checks first that the build matches this process: the
+torch it was compiled against, and the SIMD instructions its CPU kernels use.
 """
 
 from __future__ import annotations
