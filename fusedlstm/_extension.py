@@ -1,8 +1,8 @@
 """Loading of the compiled extension `fusedlstm._C`, guarded.
 
-`import fusedlstm` works without it (the reference and Triton backends need
-no C++); the C++ backends then report why they are unavailable. Loading
-checks first that the build matches this process's torch.
+`import fusedlstm` works without it; the backends, which all need it (the
+C++ kernels, or the layer plan it builds), then report why they are
+unavailable. Loading checks first that the build matches this process's torch.
 
 The CPU kernels are built for several SIMD levels (`build_info.CPU_CAPABILITIES`,
 best first) and loading chooses one for this process: the best level whose
