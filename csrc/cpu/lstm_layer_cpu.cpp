@@ -34,6 +34,7 @@
 #include "recurrent_gemm.h"
 
 namespace fusedlstm::cpu {
+inline namespace CPU_CAPABILITY {  // one copy per SIMD level (lstm_cpu.h)
 namespace {
 
 // The row of every sequence b in the step where it starts (entry k with
@@ -303,4 +304,5 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   return {grad_x.view(g.shape(G)), grad_w_hh, grad_h0, dc_state.to(acts.scalar_type()), grad_w_hr};
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace fusedlstm::cpu

@@ -28,6 +28,7 @@
 #endif
 
 namespace fusedlstm::cpu {
+inline namespace CPU_CAPABILITY {  // one copy per SIMD level (lstm_cpu.h)
 
 template <typename scalar_t>
 using math_type = at::opmath_type<scalar_t>;  // float for half and bfloat16
@@ -235,4 +236,5 @@ void run_team(int threads, const Body& body) {
   body(Team{});
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace fusedlstm::cpu
