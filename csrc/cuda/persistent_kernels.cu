@@ -1,0 +1,106 @@
+// The cluster-resident LSTM kernels: the step code of persistent_fwd.h and
+// persistent_bwd.h on the device context (persistent_device.cuh), one
+// instantiation per number format. No torch: the compile gate
+// (cmake/persistent.cmake) builds this file alone for sm_90.
+//
+// Launch: a 1-D grid of clusters * S CTAs in clusters of S (consecutive
+// CTAs), kThreads threads and all of the dynamic shared memory a CTA gets;
+// one CTA per SM (__launch_bounds__(kThreads, 1)).
+#include <cooperative_groups.h>
+
+#include "persistent_device.cuh"
+#include "persistent_kernels.h"
+
+namespace fusedlstm::persistent {
+
+template <typename Num>
+__global__ void __launch_bounds__(kThreads, 1) persistent_forward_kernel(const __grid_constant__ FwdParams<Num> p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  DeviceContext ctx(smem);
+  forward_cta<Num>(ctx, p);
+}
+
+template <typename Num>
+__global__ void __launch_bounds__(kThreads, 1) persistent_backward_kernel(const __grid_constant__ BwdParams<Num> p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  DeviceContext ctx(smem);
+  backward_cta<Num>(ctx, p);
+}
+
+namespace {
+
+// The launch configuration of `shape`; `attribute` must outlive its use.
+cudaLaunchConfig_t launch_config(const ClusterShape& shape, cudaStream_t stream, cudaLaunchAttribute* attribute) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(unsigned(shape.clusters * shape.part.S), 1, 1);
+  config.blockDim = dim3(kThreads, 1, 1);
+  config.dynamicSmemBytes = shape.smem_bytes;
+  config.stream = stream;
+  attribute->id = cudaLaunchAttributeClusterDimension;
+  attribute->val.clusterDim.x = unsigned(shape.part.S);
+  attribute->val.clusterDim.y = 1;
+  attribute->val.clusterDim.z = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  return config;
+}
+
+// The kernel's attributes for `shape`: dynamic shared memory beyond 48 KB,
+// clusters beyond the portable 8.
+template <typename Kernel>
+cudaError_t prepare(Kernel kernel, const ClusterShape& shape) {
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shape.smem_bytes));
+  if (e == cudaSuccess && shape.part.S > kMaxClusterPortable) {
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+  }
+  return e;
+}
+
+template <typename Kernel>
+int active_clusters(Kernel kernel, const ClusterShape& shape, cudaError_t* error) {
+  cudaLaunchAttribute attribute;
+  const cudaLaunchConfig_t config = launch_config(shape, nullptr, &attribute);
+  int clusters = 0;
+  cudaError_t e = prepare(kernel, shape);
+  if (e == cudaSuccess) e = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config);
+  if (error) *error = e;
+  return e == cudaSuccess ? clusters : 0;
+}
+
+template <typename Kernel, typename Params>
+cudaError_t launch(Kernel kernel, const Params& params, const ClusterShape& shape, cudaStream_t stream) {
+  cudaLaunchAttribute attribute;
+  const cudaLaunchConfig_t config = launch_config(shape, stream, &attribute);
+  const cudaError_t e = prepare(kernel, shape);
+  if (e != cudaSuccess) return e;
+  return cudaLaunchKernelEx(&config, kernel, params);
+}
+
+}  // namespace
+
+template <typename Num>
+int max_active_clusters(Direction dir, const ClusterShape& shape, cudaError_t* error) {
+  return dir == Direction::kForward ? active_clusters(persistent_forward_kernel<Num>, shape, error)
+                                    : active_clusters(persistent_backward_kernel<Num>, shape, error);
+}
+
+template <typename Num>
+cudaError_t launch_forward(const FwdParams<Num>& params, const ClusterShape& shape, cudaStream_t stream) {
+  return launch(persistent_forward_kernel<Num>, params, shape, stream);
+}
+
+template <typename Num>
+cudaError_t launch_backward(const BwdParams<Num>& params, const ClusterShape& shape, cudaStream_t stream) {
+  return launch(persistent_backward_kernel<Num>, params, shape, stream);
+}
+
+#define FUSEDLSTM_PERSISTENT_INSTANTIATE(Num)                                                              \
+  template int max_active_clusters<Num>(Direction, const ClusterShape&, cudaError_t*);                    \
+  template cudaError_t launch_forward<Num>(const FwdParams<Num>&, const ClusterShape&, cudaStream_t);     \
+  template cudaError_t launch_backward<Num>(const BwdParams<Num>&, const ClusterShape&, cudaStream_t);
+FUSEDLSTM_PERSISTENT_INSTANTIATE(F32)
+FUSEDLSTM_PERSISTENT_INSTANTIATE(BF16)
+FUSEDLSTM_PERSISTENT_INSTANTIATE(F16)
+#undef FUSEDLSTM_PERSISTENT_INSTANTIATE
+
+}  // namespace fusedlstm::persistent

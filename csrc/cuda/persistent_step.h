@@ -1,0 +1,153 @@
+// Building blocks of the persistent kernels' step code, shared by the
+// forward (persistent_fwd.h) and the backward (persistent_bwd.h): loading a
+// weight slice into shared memory once, one warp's tile of a product, the
+// mapping of a gate tile's accumulators to cells, and the exchange of staged
+// rows between the CTAs of a cluster. Templates over the execution context
+// (persistent_context.h).
+#pragma once
+
+#include "persistent_context.h"
+#include "persistent_layout.h"
+
+namespace fusedlstm::persistent {
+
+template <typename Ctx, typename T>
+using RegOf = typename Ctx::template Reg<T>;
+
+// Zero bytes [begin, end) of this CTA's shared memory (16-byte aligned).
+template <typename Ctx>
+FUSEDLSTM_STEP void zero_smem(Ctx& ctx, size_t begin, size_t end) {
+  auto* first = reinterpret_cast<Chunk16*>(ctx.smem() + begin);
+  const int64_t chunks = int64_t(end - begin) / int64_t(sizeof(Chunk16));
+  ctx.each([&](Thread t) {
+    for (int64_t e = t.tid; e < chunks; e += kThreads) ctx.st(t, first + e, Chunk16{{0, 0, 0, 0}});
+  });
+}
+
+// Fill the A operand at `a` (rows x 16*k_tiles, AOperand layout) with
+// value(row, k), as E. Runs once per launch: the weights then stay.
+template <typename Num, typename Ctx, typename Value>
+FUSEDLSTM_STEP void load_a_operand(Ctx& ctx, typename Num::storage* a, int rows, int k_tiles,
+                                   const Value& value) {
+  const int K = 16 * k_tiles;
+  const int64_t total = int64_t(rows) * K;
+  ctx.each([&](Thread t) {
+    for (int64_t e = t.tid; e < total; e += kThreads) {
+      const int row = int(e / K), k = int(e % K);
+      ctx.st(t, a + AOperand<Num>::index(row, k, k_tiles), value(row, k));
+    }
+  });
+}
+
+struct alignas(16) Float4 {
+  float v[4];
+};
+
+// One warp's share of D = A * B^T: acc[nt] = rows 16*mt .. 16*mt+15 of A times
+// batch rows 8*nt .. 8*nt+7 of B, for nt < n_tiles, over 16*k_tiles columns.
+// A: AOperand layout; B: [n][ldb] row-major. acc is in the C/D fragment
+// layout of mma.sync m16n8k16 (persistent_context.h) for both number
+// formats: tensor cores for 16-bit types, FFMA for float32 (each lane then
+// computes exactly the four accumulators that mma.sync would give it).
+template <typename Num, typename Ctx, typename Warp>
+FUSEDLSTM_STEP void tile_product(Ctx& ctx, Warp& w, const typename Num::storage* a, int mt, int k_tiles,
+                                 const typename Num::storage* b, int ldb, int n_tiles,
+                                 RegOf<Ctx, Acc> (&acc)[kMaxNTiles]) {
+  using E = typename Num::storage;
+  w.each([&](Thread t) {
+FUSEDLSTM_UNROLL
+    for (int nt = 0; nt < kMaxNTiles; ++nt) acc[nt][t] = Acc{{0.f, 0.f, 0.f, 0.f}};
+  });
+  if constexpr (Num::kTensorCores) {
+    RegOf<Ctx, AFrag> af;
+    RegOf<Ctx, BFrag> bf[kMaxNTiles];
+    const auto* frags = reinterpret_cast<const AFrag*>(a) + size_t(mt) * k_tiles * kWarpSize;
+    for (int kt = 0; kt < k_tiles; ++kt) {
+      w.each([&](Thread t) {
+        const int lane = t.lane(), g = lane >> 2, q = lane & 3;
+        af[t] = ctx.ld(t, frags + size_t(kt) * kWarpSize + lane);
+FUSEDLSTM_UNROLL
+        for (int nt = 0; nt < kMaxNTiles; ++nt) {
+          if (nt < n_tiles) {
+            const E* row = b + size_t(nt * 8 + g) * ldb + kt * 16 + 2 * q;
+            bf[nt][t].r[0] = ctx.ld(t, reinterpret_cast<const uint32_t*>(row));
+            bf[nt][t].r[1] = ctx.ld(t, reinterpret_cast<const uint32_t*>(row + 8));
+          }
+        }
+      });
+FUSEDLSTM_UNROLL
+      for (int nt = 0; nt < kMaxNTiles; ++nt) {
+        if (nt < n_tiles) w.template mma<Num>(acc[nt], af, bf[nt]);
+      }
+    }
+  } else {
+    const int lda = AOperand<Num>::ld(k_tiles), K = 16 * k_tiles;
+    w.each([&](Thread t) {
+      const int lane = t.lane(), g = lane >> 2, q = lane & 3;
+      const float* a0 = a + size_t(mt * 16 + g) * lda;
+      const float* a1 = a0 + size_t(8) * lda;
+      for (int k = 0; k < K; k += 4) {
+        const Float4 w0 = ctx.ld(t, reinterpret_cast<const Float4*>(a0 + k));
+        const Float4 w1 = ctx.ld(t, reinterpret_cast<const Float4*>(a1 + k));
+FUSEDLSTM_UNROLL
+        for (int nt = 0; nt < kMaxNTiles; ++nt) {
+          if (nt < n_tiles) {
+            const float* b0 = b + size_t(nt * 8 + 2 * q) * ldb + k;
+            const Float4 h0 = ctx.ld(t, reinterpret_cast<const Float4*>(b0));
+            const Float4 h1 = ctx.ld(t, reinterpret_cast<const Float4*>(b0 + ldb));
+            Acc& c = acc[nt][t];
+FUSEDLSTM_UNROLL
+            for (int j = 0; j < 4; ++j) {
+              c.v[0] += w0.v[j] * h0.v[j];
+              c.v[1] += w0.v[j] * h1.v[j];
+              c.v[2] += w1.v[j] * h0.v[j];
+              c.v[3] += w1.v[j] * h1.v[j];
+            }
+          }
+        }
+      }
+    });
+  }
+}
+
+// Element i of a lane's accumulator tile: its row in the 16-row tile and
+// its batch row (column) in the 8-row n-tile.
+FUSEDLSTM_HOST_DEVICE int acc_row(int lane, int i) { return (lane >> 2) + 8 * (i >> 1); }
+FUSEDLSTM_HOST_DEVICE int acc_col(int lane, int i) { return 2 * (lane & 3) + (i & 1); }
+
+// The cell (unit, batch row) that a lane handles in a gate tile: after the
+// gate gather (persistent_fwd.h), lane (g, q) holds unit g % 4 of the tile
+// for batch row 2q (g < 4) or 2q + 1 (g >= 4).
+FUSEDLSTM_HOST_DEVICE int cell_unit(int lane) { return (lane >> 2) & 3; }
+FUSEDLSTM_HOST_DEVICE int cell_col(int lane) { return 2 * (lane & 3) + ((lane >> 2) >> 2); }
+
+// Copy `rows` rows of `width` elements from this CTA's `src` (row-major,
+// stride `width`; plus peer * src_peer_stride elements for each destination
+// peer) to columns col0 .. col0+width-1 of rows 0 .. rows-1 of `dst`
+// (stride `ld_dst`) in the shared memory of every CTA of the cluster, own
+// included, in 16-byte chunks (st.shared::cluster through mapa addresses on
+// the device). Destinations rotate, starting after this CTA, to spread the
+// traffic.
+template <typename Ctx, typename E>
+FUSEDLSTM_STEP void push_rows(Ctx& ctx, const E* src, size_t src_peer_stride, int width, int rows, E* dst,
+                              int ld_dst, int col0) {
+  constexpr int kPerChunk = int(sizeof(Chunk16) / sizeof(E));
+  const int chunks = width / kPerChunk, per_peer = rows * chunks;
+  const int S = ctx.cluster_size(), me = ctx.cta_rank();
+  ctx.each([&](Thread t) {
+    for (int e = t.tid; e < per_peer * S; e += kThreads) {
+      const int peer = (me + 1 + e / per_peer) % S, rest = e % per_peer;
+      const int n = rest / chunks, c = rest % chunks;
+      const auto* from = reinterpret_cast<const Chunk16*>(src + peer * src_peer_stride + size_t(n) * width) + c;
+      auto* to = reinterpret_cast<Chunk16*>(dst + size_t(n) * ld_dst + col0) + c;
+      const Chunk16 v = ctx.ld(t, from);
+      if (peer == me) {
+        ctx.st(t, to, v);
+      } else {
+        ctx.st_peer(t, peer, to, v);
+      }
+    }
+  });
+}
+
+}  // namespace fusedlstm::persistent
