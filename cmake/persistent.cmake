@@ -11,6 +11,9 @@
 #                                   random yields (when the compiler has it)
 #   persistent_tsan_detects         ... with the per-step cluster barrier
 #                                   dropped: ThreadSanitizer must report a race
+#   persistent_tier               the tier selection: which layers, which
+#                                   cluster shapes, the fallbacks
+#                                   (tests/cpp/persistent_tier_test.cpp)
 #   persistent_compile_gate         (CUDA builds) every kernel instantiation
 #                                   compiled for sm_90: spills, registers,
 #                                   shared memory, PTX and SASS instructions
@@ -29,6 +32,10 @@ add_test(NAME persistent_emulation COMMAND persistent_emulation_test)
 add_test(NAME persistent_racecheck_detects COMMAND persistent_emulation_test --drop staged)
 set_tests_properties(persistent_racecheck_detects PROPERTIES
                      PASS_REGULAR_EXPRESSION "racecheck: read of another thread's write")
+
+add_executable(persistent_tier_test ${CMAKE_CURRENT_LIST_DIR}/../tests/cpp/persistent_tier_test.cpp)
+target_include_directories(persistent_tier_test PRIVATE ${PERSISTENT_INCLUDES})
+add_test(NAME persistent_tier COMMAND persistent_tier_test)
 
 set(CMAKE_REQUIRED_FLAGS -fsanitize=thread)
 set(CMAKE_REQUIRED_LINK_OPTIONS -fsanitize=thread)

@@ -6,25 +6,35 @@
 // Launch: a 1-D grid of clusters * S CTAs in clusters of S (consecutive
 // CTAs), kThreads threads and all of the dynamic shared memory a CTA gets;
 // one CTA per SM (__launch_bounds__(kThreads, 1)).
-#include <cooperative_groups.h>
-
-#include "persistent_device.cuh"
+//
+// Built into an extension for several architectures (e.g. 8.0 and 9.0),
+// the kernels are stubs below sm_90, which has no clusters; the tier
+// selection never launches them there.
 #include "persistent_kernels.h"
+
+#include <mutex>
+#include <set>
+#include <utility>
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define FUSEDLSTM_PERSISTENT_BODY(...) __trap()
+#else
+#include "persistent_device.cuh"
+#define FUSEDLSTM_PERSISTENT_BODY(...) __VA_ARGS__
+#endif
 
 namespace fusedlstm::persistent {
 
 template <typename Num>
 __global__ void __launch_bounds__(kThreads, 1) persistent_forward_kernel(const __grid_constant__ FwdParams<Num> p) {
   extern __shared__ __align__(16) unsigned char smem[];
-  DeviceContext ctx(smem);
-  forward_cta<Num>(ctx, p);
+  FUSEDLSTM_PERSISTENT_BODY(DeviceContext ctx(smem); forward_cta<Num>(ctx, p));
 }
 
 template <typename Num>
 __global__ void __launch_bounds__(kThreads, 1) persistent_backward_kernel(const __grid_constant__ BwdParams<Num> p) {
   extern __shared__ __align__(16) unsigned char smem[];
-  DeviceContext ctx(smem);
-  backward_cta<Num>(ctx, p);
+  FUSEDLSTM_PERSISTENT_BODY(DeviceContext ctx(smem); backward_cta<Num>(ctx, p));
 }
 
 namespace {
@@ -45,14 +55,24 @@ cudaLaunchConfig_t launch_config(const ClusterShape& shape, cudaStream_t stream,
   return config;
 }
 
-// The kernel's attributes for `shape`: dynamic shared memory beyond 48 KB,
-// clusters beyond the portable 8.
+// The kernel's attributes, set once per kernel and device: all the dynamic
+// shared memory a CTA can have, and clusters beyond the portable 8. Not per
+// launch, so that nothing but the launch itself happens during graph capture.
 template <typename Kernel>
-cudaError_t prepare(Kernel kernel, const ClusterShape& shape) {
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shape.smem_bytes));
-  if (e == cudaSuccess && shape.part.S > kMaxClusterPortable) {
-    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-  }
+cudaError_t prepare(Kernel kernel) {
+  static std::mutex mutex;
+  static std::set<std::pair<const void*, int>> prepared;
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return e;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), device);
+  if (prepared.count(key)) return cudaSuccess;
+  int smem = 0;
+  e = cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (e == cudaSuccess) e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e == cudaSuccess) e = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+  if (e == cudaSuccess) prepared.insert(key);
   return e;
 }
 
@@ -61,7 +81,7 @@ int active_clusters(Kernel kernel, const ClusterShape& shape, cudaError_t* error
   cudaLaunchAttribute attribute;
   const cudaLaunchConfig_t config = launch_config(shape, nullptr, &attribute);
   int clusters = 0;
-  cudaError_t e = prepare(kernel, shape);
+  cudaError_t e = prepare(kernel);
   if (e == cudaSuccess) e = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config);
   if (error) *error = e;
   return e == cudaSuccess ? clusters : 0;
@@ -71,7 +91,7 @@ template <typename Kernel, typename Params>
 cudaError_t launch(Kernel kernel, const Params& params, const ClusterShape& shape, cudaStream_t stream) {
   cudaLaunchAttribute attribute;
   const cudaLaunchConfig_t config = launch_config(shape, stream, &attribute);
-  const cudaError_t e = prepare(kernel, shape);
+  const cudaError_t e = prepare(kernel);
   if (e != cudaSuccess) return e;
   return cudaLaunchKernelEx(&config, kernel, params);
 }

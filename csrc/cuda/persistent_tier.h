@@ -22,6 +22,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -98,6 +99,64 @@ inline std::vector<ClusterShape> cluster_candidates(const DeviceFacts& dev, cons
   }
   if (out.empty()) return refuse("W_hh does not fit the shared memory of a cluster");
   return out;
+}
+
+// FUSEDLSTM_PERSISTENT: "0" keeps every layer on the per-step path, "1" or
+// unset lets the selection below decide, "require" makes a layer that the
+// persistent kernels cannot take an error (tests use it to know which path
+// ran).
+enum class Mode { kOff, kAuto, kRequire };
+
+inline std::optional<Mode> parse_mode(const char* value) {
+  if (value == nullptr || std::string(value).empty() || std::string(value) == "1") return Mode::kAuto;
+  if (std::string(value) == "0") return Mode::kOff;
+  if (std::string(value) == "require") return Mode::kRequire;
+  return std::nullopt;
+}
+
+// Everything the choice depends on besides the occupancy query.
+struct Situation {
+  Mode mode = Mode::kAuto;
+  DeviceFacts device;
+  LayerRequest layer;
+  Direction direction = Direction::kForward;
+  bool packed = false;     // batch_sizes given: the plan table is copied to the device
+  bool capturing = false;  // the stream is being captured into a CUDA graph
+};
+
+struct Decision {
+  std::optional<ClusterShape> shape;  // none: the per-step path
+  std::string reason;                 // why not, when none
+};
+
+// The tier of one layer call. `active_clusters(shape)` is
+// cudaOccupancyMaxActiveClusters for the kernel at that shape (a fake in
+// tests): the first candidate with room for at least one cluster is taken,
+// so a launch is never attempted that the device would refuse or that could
+// only wait for other work to finish.
+template <typename ActiveClusters>
+Decision decide(const Situation& s, const ActiveClusters& active_clusters) {
+  Decision d;
+  if (s.mode == Mode::kOff) {
+    d.reason = "FUSEDLSTM_PERSISTENT=0";
+    return d;
+  }
+  if (s.packed && s.capturing) {
+    // The step table of packed input is copied from the host at each call;
+    // a captured copy would replay a host buffer that is gone by then.
+    d.reason = "packed input while the stream is being captured";
+    return d;
+  }
+  const std::vector<ClusterShape> candidates = cluster_candidates(s.device, s.layer, s.direction, &d.reason);
+  for (const ClusterShape& shape : candidates) {
+    if (active_clusters(shape) > 0) {
+      d.shape = shape;
+      d.reason.clear();
+      return d;
+    }
+  }
+  if (!candidates.empty()) d.reason = "no cluster shape fits on the device now (cudaOccupancyMaxActiveClusters is 0)";
+  return d;
 }
 
 }  // namespace fusedlstm::persistent
