@@ -14,7 +14,7 @@
 # default $OUT when set, else ./device-results. FUSEDLSTM_COMMIT names the
 # commit in results.json where the copied tree has no .git.
 #
-# Written to RESULTS_DIR (8 files, the most the device tool brings back):
+# Written to RESULTS_DIR (8 files):
 #   log.txt                                  everything printed, every phase
 #   junit.xml                                the GPU tests' results (the others': in log.txt)
 #   tests.txt                                one line per test as it ends, both test phases
@@ -30,23 +30,24 @@
 #
 # Time budget: under 8 minutes at worst. Each phase has its own timeout;
 # their sum with the 5 s grace of each (467 s) is the worst case. The CPU
-# tests are CI's (no GPU needed), so they are left out here. Times seen on
-# the H200 (2026-11-28, torch 2.11, third run, commit 62c5e73), before the
-# persistent kernels existed:
+# tests are CI's (no GPU needed), so they are left out here. The timeouts
+# follow the times measured on the H200 (2026-11-28, torch 2.11, commit
+# 62c5e73, before the persistent kernels existed) where there are any:
 #   environment report        7 s       (timeout 12 s)
 #   build, sm_90, 16 jobs     34 s      (timeout 75 s: persistent_kernels.cu adds ~30 s of
-#                                       nvcc on one core, not yet timed there)
-#   persistent GPU tests      not yet run (timeout 60 s; ~120 tests, T = 5)
-#   compute-sanitizer         not yet run (timeout 50 s: racecheck then synccheck, only the
-#                                       persistent kernels instrumented)
-#   GPU tests (-m cuda)       over 125 s with 12 workers, ~970 tests, the compile tests
-#                             last then (timeout 100 s: what runs first is in tests.txt)
+#                                       nvcc on one core, not measured there)
+#   persistent GPU tests      not measured (timeout 60 s; ~120 tests, T = 5)
+#   compute-sanitizer         not measured (timeout 50 s: racecheck then synccheck, only
+#                                       the persistent kernels instrumented)
+#   GPU tests (-m cuda)       over 125 s with 12 workers, ~970 tests (timeout 100 s: what
+#                             ran is in tests.txt)
 #   bench float32             55 s for all 22 cases at 0.1 s per case (timeout 55 s)
 #   bench bfloat16            38 s (timeout 40 s)
-#   kernel profiles           not yet run (timeouts 12 s and 18 s): benchmarks/profile_kernels.py
+#   kernel profiles           not measured (timeouts 12 s and 18 s): benchmarks/profile_kernels.py
 #                             on small-h128 in float32, nn.LSTM and the CUDA backend, first with
-#                             FUSEDLSTM_PERSISTENT=0 (which kernels make our 84 ms at H=128,
-#                             third run), then on the persistent kernels (small-h128, small-b8)
+#                             FUSEDLSTM_PERSISTENT=0 (which kernels make the per-step path's 84 ms
+#                             at small-h128, benchmarks/RESULTS.md), then on the persistent
+#                             kernels (small-h128, small-b8)
 # tests/conftest.py starts the tests marked slow first, so that no long test
 # starts last.
 # A timeout sends SIGINT first, so that pytest can still write its summary and
@@ -147,7 +148,7 @@ bench() {  # bench DTYPE DIR (float32: cuDNN and cuBLAS both without TF32)
   "$PYTHON" -m fusedlstm bench --device cuda --dtype "$1" --out "$RESULTS/$2" \
     --budget "$BENCH_BUDGET" --warmup 3 --tf32 off --no-progress
   local status=$?
-  rm -f "$RESULTS/$2/table.md"  # printed above, into log.txt: one file fewer than the device tool's 8
+  rm -f "$RESULTS/$2/table.md"  # printed above, into log.txt
   return "$status"
 }
 
