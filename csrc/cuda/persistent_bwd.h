@@ -140,22 +140,8 @@ FUSEDLSTM_STEP void backward_cta(Ctx& ctx, const BwdParams<Num>& p) {
       ctx.sync_cta(Barrier::kDhOutStaged);
       push_rows(ctx, dh_stage, 0, Up, n_act, dh_out_all, ldh, r * Up);
       ctx.sync_cluster(Barrier::kDhOutExchanged);
-      ctx.each_warp([&](auto& wp) {
-        for (int mt = wp.id; mt < q.MTu; mt += kWarps) {
-          RegOf<Ctx, Acc> acc[kMaxNTiles];
-          tile_product<Num>(ctx, wp, wrt, mt, kh_tiles, dh_out_all, ldh, n_tiles, acc);
-          wp.each([&](Thread t) {
-            FUSEDLSTM_UNROLL
-            for (int nt = 0; nt < kMaxNTiles; ++nt) {
-              if (nt >= n_tiles) continue;
-              FUSEDLSTM_UNROLL
-              for (int e = 0; e < 4; ++e) {
-                const int ul = mt * 16 + acc_row(t.lane(), e), n = nt * 8 + acc_col(t.lane(), e);
-                if (ul < U && n < n_act) ctx.st(t, dh_cell + size_t(n) * U + ul, acc[nt][t].v[e]);
-              }
-            }
-          });
-        }
+      product_rows<Num>(ctx, wrt, q.MTu, kh_tiles, dh_out_all, ldh, n_tiles, [&](Thread t, int ul, int n, float dh) {
+        if (ul < U && n < n_act) ctx.st(t, dh_cell + size_t(n) * U + ul, dh);
       });
     }
     ctx.sync_cta(Barrier::kDh);
@@ -203,24 +189,9 @@ FUSEDLSTM_STEP void backward_cta(Ctx& ctx, const BwdParams<Num>& p) {
     ctx.sync_cta(Barrier::kGates);
 
     // (c) This CTA's share of dh_prev for every output column, staged per owner.
-    ctx.each_warp([&](auto& wp) {
-      for (int mt = wp.id; mt < kh_tiles; mt += kWarps) {
-        RegOf<Ctx, Acc> acc[kMaxNTiles];
-        tile_product<Num>(ctx, wp, wt, mt, q.MT, dg, ldg, n_tiles, acc);
-        wp.each([&](Thread t) {
-          FUSEDLSTM_UNROLL
-          for (int nt = 0; nt < kMaxNTiles; ++nt) {
-            if (nt >= n_tiles) continue;
-            FUSEDLSTM_UNROLL
-            for (int e = 0; e < 4; ++e) {
-              const int col = mt * 16 + acc_row(t.lane(), e), n = nt * 8 + acc_col(t.lane(), e);
-              if (col >= S * Up || n >= n_act) continue;
-              const int owner = col / Up;
-              ctx.st(t, partial + owner * share + size_t(n) * Up + col % Up, acc[nt][t].v[e]);
-            }
-          }
-        });
-      }
+    product_rows<Num>(ctx, wt, kh_tiles, q.MT, dg, ldg, n_tiles, [&](Thread t, int col, int n, float share_of_dh) {
+      if (col >= S * Up || n >= n_act) return;
+      ctx.st(t, partial + (col / Up) * share + size_t(n) * Up + col % Up, share_of_dh);
     });
     ctx.sync_cta(Barrier::kStaged);
     push_rows(ctx, partial, share, Up, n_act, shares + r * share, Up, 0);  // into slot r of each owner

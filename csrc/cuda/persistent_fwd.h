@@ -225,30 +225,16 @@ FUSEDLSTM_STEP void forward_cta(Ctx& ctx, const FwdParams<Num>& p) {
     }
     push_rows(ctx, stage, 0, U, n_act, hfull, ldf, r * U);
     ctx.sync_cluster(Barrier::kHExchanged);
-    ctx.each_warp([&](auto& wp) {
-      for (int mt = wp.id; mt < q.MTp; mt += kWarps) {
-        RegOf<Ctx, Acc> acc[kMaxNTiles];
-        tile_product<Num>(ctx, wp, wr, mt, kf_tiles, hfull, ldf, n_tiles, acc);
-        wp.each([&](Thread t) {
-          FUSEDLSTM_UNROLL
-          for (int nt = 0; nt < kMaxNTiles; ++nt) {
-            if (nt >= n_tiles) continue;
-            FUSEDLSTM_UNROLL
-            for (int e = 0; e < 4; ++e) {
-              const int pl = mt * 16 + acc_row(t.lane(), e), n = nt * 8 + acc_col(t.lane(), e);
-              if (pl >= Up) continue;
-              const int col = r * Up + pl;
-              const bool real = n < n_act && col < P;
-              const E v = real ? Num::from_float(acc[nt][t].v[e]) : Num::from_float(0.f);
-              ctx.st(t, stage2 + size_t(n) * Up + pl, v);
-              if (!real) continue;
-              const int64_t b = b0 + n;
-              p.output[(sp.offset + b) * P + col] = v;
-              if (n >= n_end) p.h_n[b * P + col] = v;
-            }
-          }
-        });
-      }
+    product_rows<Num>(ctx, wr, q.MTp, kf_tiles, hfull, ldf, n_tiles, [&](Thread t, int pl, int n, float out) {
+      if (pl >= Up) return;
+      const int col = r * Up + pl;
+      const bool real = n < n_act && col < P;
+      const E v = Num::from_float(real ? out : 0.f);
+      ctx.st(t, stage2 + size_t(n) * Up + pl, v);
+      if (!real) return;
+      const int64_t b = b0 + n;
+      p.output[(sp.offset + b) * P + col] = v;
+      if (n >= n_end) p.h_n[b * P + col] = v;
     });
     if (last) break;
     ctx.sync_cta(Barrier::kProjStaged);

@@ -127,6 +127,16 @@ struct AOperand {
 
 // --- shared memory of one CTA ---------------------------------------------------------------
 
+// Hands out consecutive 16-byte aligned ranges of shared memory.
+struct SmemCursor {
+  size_t at = 0;
+  FUSEDLSTM_HOST_DEVICE size_t operator()(size_t bytes) {
+    const size_t here = at;
+    at += align16(bytes);
+    return here;
+  }
+};
+
 // Byte offsets of the forward kernel's buffers.
 struct FwdSmem {
   size_t w = 0;         // A: W_hh slice, MT x Kh/16 tiles
@@ -142,12 +152,7 @@ template <typename Num>
 FUSEDLSTM_HOST_DEVICE FwdSmem fwd_smem(const Partition& p) {
   using E = typename Num::storage;
   FwdSmem s;
-  size_t at = 0;
-  auto take = [&at](size_t bytes) {
-    const size_t here = at;
-    at += align16(bytes);
-    return here;
-  };
+  SmemCursor take;
   s.w = take(AOperand<Num>::bytes(p.MT, p.Kh / 16));
   s.wr = p.proj ? take(AOperand<Num>::bytes(p.MTp, p.Kf / 16)) : 0;
   s.h[0] = take(size_t(p.NB) * p.ldh() * sizeof(E));
@@ -155,7 +160,7 @@ FUSEDLSTM_HOST_DEVICE FwdSmem fwd_smem(const Partition& p) {
   s.hfull = p.proj ? take(size_t(p.NB) * p.ldf() * sizeof(E)) : 0;
   s.stage = take(size_t(p.NB) * p.U * sizeof(E));
   s.stage2 = p.proj ? take(size_t(p.NB) * p.Up * sizeof(E)) : 0;
-  s.total = at;
+  s.total = take.at;
   return s;
 }
 
@@ -177,12 +182,7 @@ template <typename Num>
 FUSEDLSTM_HOST_DEVICE BwdSmem bwd_smem(const Partition& p) {
   using E = typename Num::storage;
   BwdSmem s;
-  size_t at = 0;
-  auto take = [&at](size_t bytes) {
-    const size_t here = at;
-    at += align16(bytes);
-    return here;
-  };
+  SmemCursor take;
   const size_t shares = size_t(p.S) * p.NB * p.Up * sizeof(float);
   s.wt = take(AOperand<Num>::bytes(p.Kh / 16, p.MT));
   s.wrt = p.proj ? take(AOperand<Num>::bytes(p.MTu, p.Kh / 16)) : 0;
@@ -194,7 +194,7 @@ FUSEDLSTM_HOST_DEVICE BwdSmem bwd_smem(const Partition& p) {
   s.dh_cell = take(size_t(p.NB) * p.U * sizeof(float));
   s.dh_out = p.proj ? take(size_t(p.NB) * p.ldh() * sizeof(E)) : 0;
   s.dh_stage = p.proj ? take(size_t(p.NB) * p.Up * sizeof(E)) : 0;
-  s.total = at;
+  s.total = take.at;
   return s;
 }
 

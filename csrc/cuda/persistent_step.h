@@ -115,6 +115,30 @@ FUSEDLSTM_UNROLL
 FUSEDLSTM_HOST_DEVICE int acc_row(int lane, int i) { return (lane >> 2) + 8 * (i >> 1); }
 FUSEDLSTM_HOST_DEVICE int acc_col(int lane, int i) { return 2 * (lane & 3) + (i & 1); }
 
+// D = A * B^T over all of A's m_tiles 16-row tiles, shared out to the warps
+// (tile mt to warp mt % kWarps), then store(t, row, n, value) for each
+// accumulator: row of A, batch row n (< 8 * n_tiles) of B.
+template <typename Num, typename Ctx, typename Store>
+FUSEDLSTM_STEP void product_rows(Ctx& ctx, const typename Num::storage* a, int m_tiles, int k_tiles,
+                                 const typename Num::storage* b, int ldb, int n_tiles, const Store& store) {
+  ctx.each_warp([&](auto& wp) {
+    for (int mt = wp.id; mt < m_tiles; mt += kWarps) {
+      RegOf<Ctx, Acc> acc[kMaxNTiles];
+      tile_product<Num>(ctx, wp, a, mt, k_tiles, b, ldb, n_tiles, acc);
+      wp.each([&](Thread t) {
+        FUSEDLSTM_UNROLL
+        for (int nt = 0; nt < kMaxNTiles; ++nt) {
+          if (nt >= n_tiles) continue;
+          FUSEDLSTM_UNROLL
+          for (int e = 0; e < 4; ++e) {
+            store(t, mt * 16 + acc_row(t.lane(), e), nt * 8 + acc_col(t.lane(), e), acc[nt][t].v[e]);
+          }
+        }
+      });
+    }
+  });
+}
+
 // The cell (unit, batch row) that a lane handles in a gate tile: after the
 // gate gather (persistent_fwd.h), lane (g, q) holds unit g % 4 of the tile
 // for batch row 2q (g < 4) or 2q + 1 (g >= 4).

@@ -7,21 +7,14 @@
 #include <cstdio>
 #include <string>
 
+#include "persistent_checks.h"
 #include "cuda/persistent_tier.h"
 
 namespace {
 
 using namespace fusedlstm::persistent;
 
-int failures = 0, checks = 0;
-
-void expect(bool ok, const std::string& what) {
-  ++checks;
-  if (!ok) {
-    ++failures;
-    std::printf("FAIL %s\n", what.c_str());
-  }
-}
+using persistent_checks::expect;
 
 const DeviceFacts kH200{9, 0, 132, 232448, true};
 
@@ -155,6 +148,5 @@ int main() {
                              "H=" + std::to_string(H) + " B=" + std::to_string(B) + " P=" + std::to_string(P));
           }
   check_bench_shapes();
-  std::printf("%d checks, %d failures\n", checks, failures);
-  return failures == 0 ? 0 : 1;
+  return persistent_checks::report();
 }
