@@ -7,12 +7,14 @@
 #   persistent_racecheck_detects    the same binary with one CTA barrier
 #                                   dropped: the shared-memory race check
 #                                   must report it
-#   persistent_emulation_tsan       the emulation under ThreadSanitizer with
-#                                   random yields (when the compiler has it)
-#   persistent_tsan_detects         ... with the per-step cluster barrier
-#                                   dropped: ThreadSanitizer must report a race
-#   persistent_tier               the tier selection: which layers, which
-#                                   cluster shapes, the fallbacks
+#   persistent_emulation_tsan       the emulation (a few cases of each tier)
+#                                   under ThreadSanitizer with random yields
+#                                   (when the compiler has it)
+#   persistent_tsan_detects[_grid]  ... with the per-step cluster barrier (the
+#                                   grid tier's counter wait) dropped:
+#                                   ThreadSanitizer must report a race
+#   persistent_tier                 the tier selection: which layers, which
+#                                   tier and shape, the fallbacks
 #                                   (tests/cpp/persistent_tier_test.cpp)
 #   persistent_compile_gate         (CUDA builds) every kernel instantiation
 #                                   compiled for sm_90: spills, registers,
@@ -48,10 +50,12 @@ if(FUSEDLSTM_HAVE_TSAN)
   target_compile_options(persistent_emulation_tsan PRIVATE -O1 -g -fsanitize=thread)
   target_link_options(persistent_emulation_tsan PRIVATE -fsanitize=thread)
   target_link_libraries(persistent_emulation_tsan PRIVATE Threads::Threads)
-  add_test(NAME persistent_emulation_tsan COMMAND persistent_emulation_tsan --yields)
+  add_test(NAME persistent_emulation_tsan COMMAND persistent_emulation_tsan --quick --yields)
   set_tests_properties(persistent_emulation_tsan PROPERTIES ENVIRONMENT "TSAN_OPTIONS=halt_on_error=1")
   add_test(NAME persistent_tsan_detects COMMAND persistent_emulation_tsan --yields --drop step_end)
   set_tests_properties(persistent_tsan_detects PROPERTIES PASS_REGULAR_EXPRESSION "ThreadSanitizer: data race")
+  add_test(NAME persistent_tsan_detects_grid COMMAND persistent_emulation_tsan --yields --drop step_end --grid)
+  set_tests_properties(persistent_tsan_detects_grid PROPERTIES PASS_REGULAR_EXPRESSION "ThreadSanitizer: data race")
 else()
   message(STATUS "fusedlstm: no -fsanitize=thread: the persistent kernels' ThreadSanitizer tests are left out")
 endif()

@@ -1,4 +1,7 @@
-"""The persistent CUDA kernels (csrc/cuda/persistent_*).
+"""The persistent CUDA kernels (csrc/cuda/persistent_*), both tiers: a
+thread-block cluster per batch group (exchange through distributed shared
+memory), or a cooperative grid (exchange through global memory, a counter
+as the barrier).
 
 Without a GPU: their step code run by the host emulation (one CPU thread per
 CTA, warps as 32-lane arrays, mma.sync from the PTX fragment tables,
@@ -7,12 +10,13 @@ through the test ops torch.ops.fusedlstm_persistent.emulate_layer_fwd /
 emulate_layer_bwd, against the float64 oracle and the CPU backend over
 every option of the layer ops: dense and packed input, projection, reverse
 (a bidirectional layer is a forward and a reverse one), H = 13 and B = 3
-beside round sizes, several cluster shapes, float32, bfloat16 and float16.
+beside round sizes, several shapes of either tier, float32, bfloat16 and
+float16.
 
-On a GPU (marked cuda): the layer ops with FUSEDLSTM_PERSISTENT=require, so
-that a layer the kernels do not take fails instead of silently running the
-per-step path, against the oracle; CUDA-graph capture; and agreement with
-the per-step path (FUSEDLSTM_PERSISTENT=0).
+On a GPU (marked cuda): the layer ops with FUSEDLSTM_PERSISTENT=require (or
+=grid, the grid tier only), so that a layer the kernels do not take fails
+instead of silently running the per-step path, against the oracle;
+CUDA-graph capture; the fallbacks.
 """
 
 import pytest
@@ -26,10 +30,13 @@ LENGTHS = (6, 4, 1)  # B = 3 sequences; packed: batch_sizes [3, 2, 2, 2, 1, 1]
 FORWARD = ["output", "h_n", "c_n", "acts", "cells", "h_raw"]
 BACKWARD = ["grad_x_proj", "grad_w_hh", "grad_h0", "grad_c0", "grad_w_hr"]
 HALF_TYPES = [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="f16")]
-# (H, P, CTAs per cluster, batch rows per cluster): odd sizes over 1..3 CTAs,
-# and a round size whose 4 CTAs hold 8 units each.
-SHAPES = [pytest.param(13, 5, 1, 8, id="H13-S1"), pytest.param(13, 5, 2, 8, id="H13-S2"),
-          pytest.param(13, 5, 3, 16, id="H13-S3"), pytest.param(32, 24, 4, 8, id="H32-S4")]
+# (H, P, CTAs per batch group, batch rows per group, grid tier): odd sizes
+# over 1 and 2 CTAs, a round size whose 4 CTAs hold 8 units each (16 rows
+# per group), and the grid tier on 3 and 5 CTAs. The C++ test
+# (tests/cpp/persistent_emulation_test.cpp) runs more shapes, faster.
+SHAPES = [pytest.param(13, 5, 1, 8, False, id="H13-S1"), pytest.param(13, 5, 2, 8, False, id="H13-S2"),
+          pytest.param(32, 24, 4, 16, False, id="H32-S4"), pytest.param(13, 5, 3, 8, True, id="H13-S3-grid"),
+          pytest.param(40, 24, 5, 8, True, id="H40-S5-grid")]
 
 
 def emulation():
@@ -63,13 +70,13 @@ def named(values, names):
 
 # --- the host emulation against the oracle and the CPU backend ------------------------------
 
-@pytest.mark.parametrize("H,P,S,NB", SHAPES)
+@pytest.mark.parametrize("H,P,S,NB,grid", SHAPES)
 @pytest.mark.parametrize("layout,proj,reverse", LAYER_CONFIGS, ids=LAYER_IDS)
-def test_emulated_float32_matches_oracle_and_cpu_backend(layout, proj, reverse, H, P, S, NB):
+def test_emulated_float32_matches_oracle_and_cpu_backend(layout, proj, reverse, H, P, S, NB, grid):
     """float32: within 1e-5 of the float64 oracle and of the CPU backend, forward and backward."""
     em = emulation()
     args = sample(layout, proj, reverse, torch.float32, H, P)
-    actual = em.emulate_layer_fwd(*args, True, S, NB)
+    actual = em.emulate_layer_fwd(*args, True, S, NB, grid)
     exact = reference.lstm_layer_fwd(*double(args), True)
     cpu = ops.cpp.layer_fwd(*args, True)
     for name, a, e, c in zip(FORWARD, actual, exact, cpu):
@@ -77,25 +84,25 @@ def test_emulated_float32_matches_oracle_and_cpu_backend(layout, proj, reverse, 
         assert_close(a, c, torch.float32, f"{name} vs the CPU backend")
     grads = grads_like(cpu[:3], 4)
     bwd = backward_args(args, cpu, grads)
-    actual = em.emulate_layer_bwd(*bwd, S, NB)
+    actual = em.emulate_layer_bwd(*bwd, S, NB, grid)
     for name, a, e, c in zip(BACKWARD, actual, reference.lstm_layer_bwd(*double(bwd)), ops.cpp.layer_bwd(*bwd)):
         assert_close(a.double(), e, torch.float32, f"{name} vs float64")
         assert_close(a, c, torch.float32, f"{name} vs the CPU backend")
 
 
 @pytest.mark.parametrize("dtype", HALF_TYPES)
-@pytest.mark.parametrize("H,P,S,NB", [SHAPES[1], SHAPES[3]])
+@pytest.mark.parametrize("H,P,S,NB,grid", [SHAPES[1], SHAPES[4]])
 @pytest.mark.parametrize("layout,proj,reverse", LAYER_CONFIGS, ids=LAYER_IDS)
-def test_emulated_half_types_within_twice_pytorchs_error(layout, proj, reverse, H, P, S, NB, dtype):
+def test_emulated_half_types_within_twice_pytorchs_error(layout, proj, reverse, H, P, S, NB, grid, dtype):
     """bfloat16 / float16: error against the float64 oracle (on the same rounded
     inputs) at most twice that of the same recurrence as PyTorch ops in the
     dtype, step by step, forward and backward (autograd); and at most twice
     the CPU backend's (float math, dtype storage, like these kernels)."""
     em = emulation()
     args = sample(layout, proj, reverse, dtype, H, P)
-    check_half_precision(lambda *a: em.emulate_layer_fwd(*a, S, NB), lambda *a: em.emulate_layer_bwd(*a, S, NB),
-                         args, dtype)
-    assert_error_at_most_twice_pytorchs(named(em.emulate_layer_fwd(*args, True, S, NB), FORWARD),
+    check_half_precision(lambda *a: em.emulate_layer_fwd(*a, S, NB, grid),
+                         lambda *a: em.emulate_layer_bwd(*a, S, NB, grid), args, dtype)
+    assert_error_at_most_twice_pytorchs(named(em.emulate_layer_fwd(*args, True, S, NB, grid), FORWARD),
                                         named(ops.cpp.layer_fwd(*args, True), FORWARD),
                                         named(reference.lstm_layer_fwd(*double(args), True), FORWARD), dtype)
 
@@ -162,9 +169,10 @@ def test_emulated_inference_keeps_nothing():
     assert all(t.numel() == 0 for t in inference[3:])
 
 
-def test_emulated_bidirectional_layer():
+@pytest.mark.parametrize("grid", [False, True], ids=["cluster", "grid"])
+def test_emulated_bidirectional_layer(grid):
     """A bidirectional layer is two calls, forward and reverse, on the same input:
-    both directions against the oracle, several clusters of 8 rows (B = 11)."""
+    both directions against the oracle, several batch groups of 8 rows (B = 11)."""
     em = emulation()
     gen = torch.Generator().manual_seed(5)
     T, B, H = 5, 11, 16
@@ -173,7 +181,7 @@ def test_emulated_bidirectional_layer():
     h0, c0 = torch.randn(2, B, H, generator=gen), torch.randn(2, B, H, generator=gen)
     for d, reverse in enumerate((False, True)):
         args = (x_proj[d], w_hh[d], h0[d], c0[d], None, None, reverse)
-        actual = em.emulate_layer_fwd(*args, True, 2, 8)
+        actual = em.emulate_layer_fwd(*args, True, 2, 8, grid)
         exact = reference.lstm_layer_fwd(*double(args), True)
         for name, a, e in zip(FORWARD[:5], actual, exact):
             assert_close(a.double(), e, torch.float32, f"direction {d} {name}")
@@ -206,23 +214,24 @@ def needs_persistent_kernels(monkeypatch):
 
 
 # H and B of each cluster shape the tier picks: 1, 2, 4, 8 and 16 CTAs;
-# one and several clusters.
+# one and several clusters; and a layer beyond any cluster (the grid tier).
 GPU_SIZES = [pytest.param(13, 3, id="H13-B3"), pytest.param(64, 8, id="H64-B8"),
              pytest.param(128, 8, id="H128-B8"), pytest.param(256, 40, id="H256-B40"),
-             pytest.param(512, 8, id="H512-B8")]
+             pytest.param(512, 8, id="H512-B8"), pytest.param(1000, 40, id="H1000-B40")]
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("tier", ["require", "grid"])
 @pytest.mark.parametrize("H,B", GPU_SIZES)
 @pytest.mark.parametrize("layout,proj,reverse", LAYER_CONFIGS, ids=LAYER_IDS)
 @pytest.mark.parametrize("dtype", [torch.float32, *HALF_TYPES], ids=["f32", "bf16", "f16"])
-def test_gpu_layer_ops_match_oracle(layout, proj, reverse, dtype, H, B, monkeypatch):
+def test_gpu_layer_ops_match_oracle(layout, proj, reverse, dtype, H, B, tier, monkeypatch):
     """The layer ops on the persistent kernels, short T, against float64:
     float32 within 1e-5 (IEEE FFMA, no TF32), 16-bit types within twice
-    PyTorch's own error. float32 at H = 512 does not fit a cluster."""
+    PyTorch's own error. "require": the tier the selection picks (float32 at
+    H = 512 is beyond a cluster: the grid tier); "grid": the grid tier."""
     needs_persistent_kernels(monkeypatch)
-    if dtype == torch.float32 and H == 512:
-        pytest.skip("float32 H=512 is beyond one cluster's shared memory (the grid-resident tier's size)")
+    monkeypatch.setenv("FUSEDLSTM_PERSISTENT", tier)
     lengths = tuple(max(1, 5 - b % 5) for b in range(B))
     P = max(1, H // 2) if proj else H
     args = sample(layout, proj, reverse, dtype, H, P, "cuda", lengths=lengths)

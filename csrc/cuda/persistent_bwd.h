@@ -1,5 +1,5 @@
-// The cluster-resident LSTM backward: the work of one CTA for a whole layer
-// and direction, written once over an execution context, with the
+// The persistent LSTM backward: the work of one CTA for a whole layer and
+// direction, written once over an execution context, with the
 // forward's partition (persistent_layout.h): CTA r owns the same units (all
 // four gates of each) and, for the recurrent gradient, the same output
 // columns. Steps run in the opposite processing order. Per step k:
@@ -23,7 +23,9 @@
 //       start at step k).
 // The shares are double-buffered by the parity of the processed-step count,
 // so one cluster barrier per step (two with a projection) orders the
-// exchange. Weight gradients are not formed here: they are single GEMMs
+// exchange. In the grid tier (kGrid) the shares go straight from the
+// product to the owners' slots in global memory and a grid barrier (the
+// group's counter) stands for the cluster barrier. Weight gradients are not formed here: they are single GEMMs
 // after the kernel (grad_w_hh = grad_x_proj^T . h_prev, grad_w_hr =
 // dh_out^T . h_raw).
 //
@@ -42,6 +44,8 @@ struct BwdParams {
   using E = typename Num::storage;
   Partition part;
   PlanView plan;
+  int first_group = 0;      // batch group of the launch's first cluster (grid tier: one launch per few groups)
+  GridBuffers<E> grid;      // grid tier only
   const E* grad_output = nullptr;  // [rows, P] or null (zero)
   const E* grad_h_n = nullptr;     // [B, P] or null
   const E* grad_c_n = nullptr;     // [B, H] or null
@@ -59,15 +63,16 @@ struct BwdParams {
   E* dh_out = nullptr;             // [rows, P]: dL/d(output), for grad_w_hr (projection) or null
 };
 
-template <typename Num, typename Ctx>
+template <typename Num, bool kGrid, typename Ctx>
 FUSEDLSTM_STEP void backward_cta(Ctx& ctx, const BwdParams<Num>& p) {
   using E = typename Num::storage;
   const Partition& q = p.part;
   const int H = q.H, P = q.P, U = q.U, Up = q.Up, NB = q.NB, S = q.S, r = ctx.cta_rank();
-  const int64_t G = 4 * int64_t(H), b0 = int64_t(ctx.cluster_id()) * NB;
+  const int group = p.first_group + ctx.cluster_id();
+  const int64_t G = 4 * int64_t(H), b0 = int64_t(group) * NB;
   const int ldh = q.ldh(), ldg = q.ldg(), kh_tiles = q.Kh / 16;
   const size_t share = size_t(NB) * Up;  // floats of one CTA's share for one owner
-  const BwdSmem L = bwd_smem<Num>(q);
+  const BwdSmem L = bwd_smem<Num>(q, kGrid);
   unsigned char* smem = ctx.smem();
   E* const wt = reinterpret_cast<E*>(smem + L.wt);
   E* const wrt = reinterpret_cast<E*>(smem + L.wrt);
@@ -101,7 +106,17 @@ FUSEDLSTM_STEP void backward_cta(Ctx& ctx, const BwdParams<Num>& p) {
       for (int nt = 0; nt < kMaxNTiles; ++nt) dc[i][nt][t] = 0.f;
     }
   });
-  ctx.sync_cluster(Barrier::kStart);
+  // Grid tier: this group's exchange buffers ([owner][from] shares) and barrier count.
+  const size_t group_shares = size_t(S) * S * share;
+  float* const g_shares0 = kGrid ? p.grid.shares0 + group * group_shares : nullptr;
+  float* const g_shares1 = kGrid ? p.grid.shares1 + group * group_shares : nullptr;
+  E* const g_dh_out = kGrid && q.proj ? p.grid.dh_out + size_t(group) * NB * q.Kh : nullptr;
+  GridSync gsync{kGrid ? p.grid.counters + group : nullptr, S};
+  if constexpr (kGrid) {
+    ctx.sync_cta(Barrier::kStart);  // no CTA writes into another's shared memory
+  } else {
+    ctx.sync_cluster(Barrier::kStart);
+  }
 
   int64_t done = 0;  // steps processed so far: the parity of the shares
   for (int64_t k = p.plan.T - 1; k >= 0; --k) {
@@ -113,6 +128,7 @@ FUSEDLSTM_STEP void backward_cta(Ctx& ctx, const BwdParams<Num>& p) {
     const int n_next = clamp_rows(p.plan.continuing_after(k), b0, NB);
     const int n_tiles = ceil_div(n_act, 8);
     float* const shares = done % 2 ? recv1 : recv0;
+    float* const g_shares = done % 2 ? g_shares1 : g_shares0;
     ++done;
 
     // (a) dL/dh of this CTA's columns; h_prev.
@@ -138,8 +154,8 @@ FUSEDLSTM_STEP void backward_cta(Ctx& ctx, const BwdParams<Num>& p) {
     });
     if (q.proj) {  // dL/dh of the units = dL/d(output) . W_hr
       ctx.sync_cta(Barrier::kDhOutStaged);
-      push_rows(ctx, dh_stage, 0, Up, n_act, dh_out_all, ldh, r * Up);
-      ctx.sync_cluster(Barrier::kDhOutExchanged);
+      all_gather<kGrid>(ctx, gsync, Barrier::kDhOutExchanged, dh_stage, Up, n_act, dh_out_all, ldh, r * Up, g_dh_out,
+                        q.Kh);
       product_rows<Num>(ctx, wrt, q.MTu, kh_tiles, dh_out_all, ldh, n_tiles, [&](Thread t, int ul, int n, float dh) {
         if (ul < U && n < n_act) ctx.st(t, dh_cell + size_t(n) * U + ul, dh);
       });
@@ -189,20 +205,37 @@ FUSEDLSTM_STEP void backward_cta(Ctx& ctx, const BwdParams<Num>& p) {
     ctx.sync_cta(Barrier::kGates);
 
     // (c) This CTA's share of dh_prev for every output column, staged per owner.
+    // Cluster tier: staged per owner, then pushed into slot r of each owner.
+    // Grid tier: straight into slot [owner][r] of the global shares.
     product_rows<Num>(ctx, wt, kh_tiles, q.MT, dg, ldg, n_tiles, [&](Thread t, int col, int n, float share_of_dh) {
       if (col >= S * Up || n >= n_act) return;
-      ctx.st(t, partial + (col / Up) * share + size_t(n) * Up + col % Up, share_of_dh);
+      const size_t at = size_t(n) * Up + col % Up;
+      if constexpr (kGrid) {
+        g_shares[(size_t(col / Up) * S + r) * share + at] = share_of_dh;
+      } else {
+        ctx.st(t, partial + (col / Up) * share + at, share_of_dh);
+      }
     });
-    ctx.sync_cta(Barrier::kStaged);
-    push_rows(ctx, partial, share, Up, n_act, shares + r * share, Up, 0);  // into slot r of each owner
-    ctx.sync_cluster(Barrier::kStepEnd);
+    if constexpr (kGrid) {
+      gsync.wait(ctx, Barrier::kStepEnd);
+    } else {
+      ctx.sync_cta(Barrier::kStaged);
+      push_rows(ctx, partial, share, Up, n_act, shares + r * share, Up, 0);
+      ctx.sync_cluster(Barrier::kStepEnd);
+    }
 
     // (d) Sum the shares of this CTA's columns: dh_prev.
     ctx.each([&](Thread t) {
       for (int e = t.tid; e < cols; e += kThreads) {
         const int n = e / Up, pl = e % Up, col = r * Up + pl;
         float v = 0.f;
-        for (int s = 0; s < S; ++s) v += ctx.ld(t, shares + s * share + e);
+        for (int s = 0; s < S; ++s) {
+          if constexpr (kGrid) {
+            v += ctx.ld_global(t, g_shares + (size_t(r) * S + s) * share + e);
+          } else {
+            v += ctx.ld(t, shares + s * share + e);
+          }
+        }
         if (n >= n_cont) {
           if (col < P) p.grad_h0[(b0 + n) * P + col] = Num::from_float(v);
         } else {

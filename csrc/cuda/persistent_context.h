@@ -26,6 +26,16 @@
 // Shared memory is read and written through ctx.ld / ctx.st (own CTA) and
 // ctx.st_peer (another CTA of the cluster, distributed shared memory), so
 // that the host context can check every access for races.
+//
+// The same step code runs in two tiers (the template flag kGrid):
+//   cluster tier  the CTAs of a thread-block cluster exchange through each
+//                 other's shared memory (st_peer) and meet at cluster
+//                 barriers (ctx.sync_cluster)
+//   grid tier     the CTAs of a cooperative launch (at most one per SM)
+//                 exchange through global memory (plain stores, ld_global
+//                 reads that bypass L1) and meet at ctx.sync_grid: a
+//                 counter per batch group that only grows (release add,
+//                 acquire spin), never reset during the launch
 #pragma once
 
 #include <cstdint>
@@ -51,6 +61,9 @@ constexpr int kWarpSize = 32;
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * kWarpSize;
 
+// The grid tier's barrier counter (one per batch group, in global memory).
+using Counter = unsigned long long;
+
 // One thread of a CTA.
 struct Thread {
   int tid;
@@ -72,6 +85,7 @@ enum class Barrier : int {
   kGates,          // CTA: the step's gate gradients are staged for the recurrent product
   kDhOutStaged,    // CTA: dL/d(output) slice staged for the exchange (backward, projection)
   kDhOutExchanged, // cluster: every CTA holds the whole dL/d(output) (backward, projection)
+  kFetched,        // CTA: rows read from global memory are in shared memory (grid tier)
   kCount
 };
 
@@ -87,6 +101,7 @@ inline const char* barrier_name(Barrier b) {
     case Barrier::kGates: return "gates";
     case Barrier::kDhOutStaged: return "dh_out_staged";
     case Barrier::kDhOutExchanged: return "dh_out_exchanged";
+    case Barrier::kFetched: return "fetched";
     default: return "?";
   }
 }

@@ -10,9 +10,16 @@
 //   sync_cluster    cluster.sync(): barrier.cluster.arrive (release) + wait (acquire)
 //   st_peer         a store through cluster.map_shared_rank (mapa), i.e. into
 //                   the peer CTA's shared memory (st.shared::cluster)
+//   sync_grid       thread 0 adds 1 to the group's counter (release, device
+//                   scope) and spins until it reaches the target (acquire),
+//                   between two __syncthreads
+//   ld_global       ld.global.cg: from L2, never a stale L1 line
+// The CTA's place: in a cluster launch its cluster (rank, size, index); in a
+// cooperative grid launch blockIdx.x = group * S + rank.
 #pragma once
 
 #include <cooperative_groups.h>
+#include <cuda/atomic>
 #include <cuda_runtime.h>
 
 #include <type_traits>
@@ -66,16 +73,29 @@ class DeviceContext {
     const int id;
   };
 
-  __device__ __forceinline__ explicit DeviceContext(unsigned char* smem) : smem_(smem) {}
+  // This CTA in the kernel of a tier.
+  template <bool kGrid>
+  __device__ __forceinline__ static DeviceContext of_tier(unsigned char* smem, int size) {
+    if constexpr (kGrid) {
+      return in_grid(smem, size);
+    } else {
+      return in_cluster(smem);
+    }
+  }
+  // A CTA of a cluster launch: clusters are consecutive CTAs along x.
+  __device__ __forceinline__ static DeviceContext in_cluster(unsigned char* smem) {
+    const auto cluster = cooperative_groups::this_cluster();
+    const int size = int(cluster.num_blocks());
+    return DeviceContext(smem, int(cluster.block_rank()), size, int(blockIdx.x) / size);
+  }
+  // A CTA of a cooperative grid launch of groups of `size` CTAs.
+  __device__ __forceinline__ static DeviceContext in_grid(unsigned char* smem, int size) {
+    return DeviceContext(smem, int(blockIdx.x) % size, size, int(blockIdx.x) / size);
+  }
 
-  __device__ __forceinline__ int cta_rank() const {
-    return int(cooperative_groups::this_cluster().block_rank());
-  }
-  __device__ __forceinline__ int cluster_size() const {
-    return int(cooperative_groups::this_cluster().num_blocks());
-  }
-  // Clusters are consecutive CTAs along x (the launch is 1-D).
-  __device__ __forceinline__ int cluster_id() const { return int(blockIdx.x) / cluster_size(); }
+  __device__ __forceinline__ int cta_rank() const { return rank_; }
+  __device__ __forceinline__ int cluster_size() const { return size_; }
+  __device__ __forceinline__ int cluster_id() const { return id_; }
   __device__ __forceinline__ unsigned char* smem() const { return smem_; }
 
   template <typename F>
@@ -104,8 +124,29 @@ class DeviceContext {
     *cooperative_groups::this_cluster().map_shared_rank(p, unsigned(rank)) = v;
   }
 
+  __device__ __forceinline__ void sync_grid(Barrier, Counter* counter, Counter target) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      cuda::atomic_ref<Counter, cuda::thread_scope_device> arrived(*counter);
+      arrived.fetch_add(1, cuda::memory_order_release);
+      while (arrived.load(cuda::memory_order_acquire) < target) {
+      }
+    }
+    __syncthreads();
+  }
+
+  __device__ __forceinline__ Chunk16 ld_global(Thread, const Chunk16* p) {
+    const uint4 v = __ldcg(reinterpret_cast<const uint4*>(p));
+    return Chunk16{{v.x, v.y, v.z, v.w}};
+  }
+  __device__ __forceinline__ float ld_global(Thread, const float* p) { return __ldcg(p); }
+
  private:
+  __device__ __forceinline__ DeviceContext(unsigned char* smem, int rank, int size, int id)
+      : smem_(smem), rank_(rank), size_(size), id_(id) {}
+
   unsigned char* smem_;
+  int rank_, size_, id_;
 };
 
 }  // namespace fusedlstm::persistent

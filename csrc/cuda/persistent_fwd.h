@@ -1,5 +1,5 @@
-// The cluster-resident LSTM forward: the work of one CTA for a whole layer
-// and direction, written once over an execution context (the device's in
+// The persistent LSTM forward: the work of one CTA for a whole layer and
+// direction, written once over an execution context (the device's in
 // persistent_kernels.cu, the host's in persistent_host.h).
 //
 // Per launch, each CTA loads its slice of W_hh (and of W_hr) into shared
@@ -23,6 +23,12 @@
 // The buffers of parity k are read only before a CTA reaches the step's
 // final barrier and written by peers only after they pass it, so one
 // barrier per step (two with a projection) orders everything.
+//
+// The grid tier (kGrid; layers beyond a cluster's shared memory) is the same
+// step with the exchange through global memory (all_gather): each CTA
+// writes its slice once into the group's global h buffer of parity k + 1, a
+// grid barrier (the group's counter) ends the step, and each CTA reads the
+// whole rows back into its (single) shared-memory h buffer.
 //
 // Numbers: float32 throughout on FFMA (the product is IEEE fp32; TF32 is
 // not used); for bfloat16/float16 the products take 16-bit inputs with float
@@ -49,6 +55,8 @@ struct FwdParams {
   using E = typename Num::storage;
   Partition part;
   PlanView plan;
+  int first_group = 0;      // batch group of the launch's first cluster (grid tier: one launch per few groups)
+  GridBuffers<E> grid;      // grid tier only
   bool save = true;
   const E* x_proj = nullptr;  // [rows, 4H]
   const E* w_hh = nullptr;    // [4H, P]
@@ -63,14 +71,15 @@ struct FwdParams {
   E* h_raw = nullptr;         // [rows, H] (save with a projection) or null
 };
 
-template <typename Num, typename Ctx>
+template <typename Num, bool kGrid, typename Ctx>
 FUSEDLSTM_STEP void forward_cta(Ctx& ctx, const FwdParams<Num>& p) {
   using E = typename Num::storage;
   const Partition& q = p.part;
-  const int H = q.H, P = q.P, U = q.U, Up = q.Up, NB = q.NB, r = ctx.cta_rank();
-  const int64_t G = 4 * int64_t(H), b0 = int64_t(ctx.cluster_id()) * NB;
+  const int H = q.H, P = q.P, U = q.U, Up = q.Up, NB = q.NB, S = q.S, r = ctx.cta_rank();
+  const int group = p.first_group + ctx.cluster_id();
+  const int64_t G = 4 * int64_t(H), b0 = int64_t(group) * NB;
   const int ldh = q.ldh(), ldf = q.ldf(), kh_tiles = q.Kh / 16, kf_tiles = q.Kf / 16;
-  const FwdSmem L = fwd_smem<Num>(q);
+  const FwdSmem L = fwd_smem<Num>(q, kGrid);
   unsigned char* smem = ctx.smem();
   E* const w = reinterpret_cast<E*>(smem + L.w);
   E* const wr = reinterpret_cast<E*>(smem + L.wr);
@@ -102,7 +111,16 @@ FUSEDLSTM_STEP void forward_cta(Ctx& ctx, const FwdParams<Num>& p) {
       for (int nt = 0; nt < kMaxNTiles; ++nt) c[i][nt][t] = 0.f;
     }
   });
-  ctx.sync_cluster(Barrier::kStart);
+  // Grid tier: this group's exchange buffers and barrier count.
+  E* const g_h0 = kGrid ? p.grid.h0 + size_t(group) * NB * q.Kh : nullptr;
+  E* const g_h1 = kGrid ? p.grid.h1 + size_t(group) * NB * q.Kh : nullptr;
+  E* const g_hfull = kGrid && q.proj ? p.grid.hfull + size_t(group) * NB * q.Kf : nullptr;
+  GridSync gsync{kGrid ? p.grid.counters + group : nullptr, S};
+  if constexpr (kGrid) {
+    ctx.sync_cta(Barrier::kStart);  // no CTA writes into another's shared memory
+  } else {
+    ctx.sync_cluster(Barrier::kStart);
+  }
 
   int64_t done = 0;  // steps processed so far: the parity of the h buffers
   for (int64_t k = 0; k < p.plan.T; ++k) {
@@ -115,8 +133,8 @@ FUSEDLSTM_STEP void forward_cta(Ctx& ctx, const FwdParams<Num>& p) {
     const bool last = k + 1 == p.plan.T;
     E* const h_cur = done % 2 ? hbuf1 : hbuf0;  // selects, not a run-time indexed array
     E* const h_next = done % 2 ? hbuf0 : hbuf1;
+    E* const g_next = done % 2 ? g_h0 : g_h1;
     ++done;
-
     // 1. Rows that start here: h0 into the h buffer, c0 into registers; x_proj.
     if (n_cont < n_act) {
       const int64_t count = int64_t(n_act - n_cont) * q.Kh;
@@ -219,12 +237,10 @@ FUSEDLSTM_STEP void forward_cta(Ctx& ctx, const FwdParams<Num>& p) {
     // 3. Exchange.
     if (!q.proj) {
       if (last) break;
-      push_rows(ctx, stage, 0, U, n_act, h_next, ldh, r * U);
-      ctx.sync_cluster(Barrier::kStepEnd);
+      all_gather<kGrid>(ctx, gsync, Barrier::kStepEnd, stage, U, n_act, h_next, ldh, r * U, g_next, q.Kh);
       continue;
     }
-    push_rows(ctx, stage, 0, U, n_act, hfull, ldf, r * U);
-    ctx.sync_cluster(Barrier::kHExchanged);
+    all_gather<kGrid>(ctx, gsync, Barrier::kHExchanged, stage, U, n_act, hfull, ldf, r * U, g_hfull, q.Kf);
     product_rows<Num>(ctx, wr, q.MTp, kf_tiles, hfull, ldf, n_tiles, [&](Thread t, int pl, int n, float out) {
       if (pl >= Up) return;
       const int col = r * Up + pl;
@@ -238,8 +254,7 @@ FUSEDLSTM_STEP void forward_cta(Ctx& ctx, const FwdParams<Num>& p) {
     });
     if (last) break;
     ctx.sync_cta(Barrier::kProjStaged);
-    push_rows(ctx, stage2, 0, Up, n_act, h_next, ldh, r * Up);
-    ctx.sync_cluster(Barrier::kStepEnd);
+    all_gather<kGrid>(ctx, gsync, Barrier::kStepEnd, stage2, Up, n_act, h_next, ldh, r * Up, g_next, q.Kh);
   }
   // No CTA touches a peer's shared memory after its last cluster barrier,
   // so CTAs may exit without a final one.

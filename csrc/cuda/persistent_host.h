@@ -21,6 +21,9 @@
 //                       meet at the same named Barrier (checked); a timeout
 //                       turns a hang into an error
 //   CTA barrier         a new epoch of the shared-memory race check below
+//   grid barrier        the grid tier's counter in global memory, through
+//   (grid tier)         std::atomic_ref: a release add, an acquire spin
+//                       (ThreadSanitizer sees the ordering it gives)
 //
 // The race check (HostOptions::racecheck) does for one CTA what
 // compute-sanitizer's racecheck does on the device: every shared-memory byte
@@ -37,6 +40,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -130,6 +134,11 @@ class HostBarrier {
     const std::lock_guard<std::mutex> lock(mutex_);
     break_locked();
   }
+  bool broken() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    return broken_;
+  }
+  double timeout_s() const { return timeout_.count(); }
 
  private:
   void break_locked() {
@@ -263,6 +272,41 @@ class HostContext {
     maybe_pause(2);
     cluster_.barrier.arrive_and_wait(label, rank_);
     ++epoch_;
+  }
+
+  // The grid tier's barrier: `counter` counts arrivals and only grows.
+  // A dropped one still counts its arrival (so that later targets hold) but
+  // orders nothing and waits for no one.
+  void sync_grid(Barrier label, Counter* counter, Counter target) {
+    std::atomic_ref<Counter> arrived(*counter);
+    if (int(label) == options_.drop_barrier) {
+      arrived.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    maybe_pause(2);
+    arrived.fetch_add(1, std::memory_order_release);
+    const auto start = std::chrono::steady_clock::now();
+    while (arrived.load(std::memory_order_acquire) < target) {
+      if (cluster_.barrier.broken()) throw HostLaunchBroken("launch broken");
+      const std::chrono::duration<double> waited = std::chrono::steady_clock::now() - start;
+      if (waited.count() > cluster_.barrier.timeout_s()) {
+        errors_.add("grid barrier '" + std::string(barrier_name(label)) + "' timed out in CTA " +
+                    std::to_string(rank_) + ": " + std::to_string(arrived.load()) + " arrivals of " +
+                    std::to_string(target));
+        cluster_.barrier.break_all();
+        throw HostLaunchBroken("grid barrier timeout");
+      }
+      std::this_thread::yield();
+    }
+    ++epoch_;
+  }
+
+  // Global memory written by other CTAs (grid tier).
+  template <typename T>
+  T ld_global(Thread, const T* p) {
+    T v;
+    std::memcpy(&v, p, sizeof(T));
+    return v;
   }
 
   // Shared memory of this CTA.

@@ -11,15 +11,18 @@
 
 namespace fusedlstm::persistent {
 
-// How many clusters of `shape` the device can hold at once with the
-// kernel's resources (cudaOccupancyMaxActiveClusters); 0 means a launch
-// would be refused or wait for other work, so the caller falls back.
+// How many batch groups of `shape` the device can hold at once with the
+// kernel's resources (cudaOccupancyMaxActiveClusters; for the grid tier, the
+// co-resident CTAs of a cooperative launch over S); 0 means a launch would
+// be refused or wait for other work, so the caller falls back.
 template <typename Num>
 int max_active_clusters(Direction dir, const ClusterShape& shape, cudaError_t* error);
 
-// Launch the kernel on `stream`: shape.clusters clusters of shape.part.S CTAs,
-// kThreads threads and shape.smem_bytes of shared memory each. Enqueues only:
-// no allocation, no synchronisation (CUDA-graph capture records it).
+// Launch the kernel on `stream`: shape.clusters batch groups of
+// shape.part.S CTAs, kThreads threads and shape.smem_bytes of shared memory
+// each; the grid tier in launches of shape.concurrent groups. Enqueues only:
+// no allocation, no synchronisation (CUDA-graph capture records it). The
+// grid tier's buffers (params.grid) must be allocated, its counters zero.
 template <typename Num>
 cudaError_t launch_forward(const FwdParams<Num>& params, const ClusterShape& shape, cudaStream_t stream);
 template <typename Num>

@@ -1,4 +1,4 @@
-// The layer ops on the persistent kernels, for any way of running them: the
+// The layer ops on the persistent kernels (either tier), for any way of running them: the
 // op's tensors in, the op contract's tensors out (csrc/ops.cpp:
 // lstm_layer_fwd / lstm_layer_bwd), with `launch(params, shape)` doing the
 // work: a cluster launch on the GPU (persistent_layer_cuda.cpp) or the host
@@ -13,6 +13,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 #include <optional>
@@ -95,6 +96,35 @@ typename Num::storage* mutable_elements(at::Tensor& t) {
   return const_cast<typename Num::storage*>(elements<Num>(t));
 }
 
+// The grid tier's global buffers (persistent_layout.h: GridBuffers) for
+// `shape`, allocated here with the op's other tensors; none for the cluster
+// tier. The tensors own the memory; `buffers` points into them.
+template <typename Num>
+struct GridMemory {
+  at::Tensor counters, h, hfull, shares, dh_out;
+  GridBuffers<typename Num::storage> buffers;
+
+  GridMemory(const ClusterShape& shape, Direction dir, const at::TensorOptions& opts) {
+    if (!shape.grid) return;
+    const GridSizes n = grid_sizes(shape.part, shape.clusters);
+    counters = at::zeros({shape.clusters}, opts.dtype(at::kLong));
+    buffers.counters = reinterpret_cast<Counter*>(counters.mutable_data_ptr<int64_t>());
+    if (dir == Direction::kForward) {
+      h = at::empty({2, int64_t(n.h)}, opts);
+      buffers.h0 = mutable_elements<Num>(h);
+      buffers.h1 = buffers.h0 + n.h;
+      hfull = at::empty({int64_t(n.hfull)}, opts);
+      buffers.hfull = shape.part.proj ? mutable_elements<Num>(hfull) : nullptr;
+    } else {
+      shares = at::empty({2, int64_t(n.shares)}, opts.dtype(at::kFloat));
+      buffers.shares0 = shares.mutable_data_ptr<float>();
+      buffers.shares1 = buffers.shares0 + n.shares;
+      dh_out = at::empty({int64_t(n.dh_out)}, opts);
+      buffers.dh_out = shape.part.proj ? mutable_elements<Num>(dh_out) : nullptr;
+    }
+  }
+};
+
 template <typename Num>
 const typename Num::storage* optional_elements(const at::Tensor& t) {
   return t.defined() ? elements<Num>(t) : nullptr;
@@ -114,8 +144,10 @@ FwdResult layer_fwd(const Launch& launch, const ClusterShape& shape, const Layer
   at::Tensor c_n = at::empty({call.B, H}, opts);
   at::Tensor acts = at::empty({save ? call.rows : 0, G}, opts), cells = at::empty({save ? call.rows : 0, H}, opts);
   at::Tensor h_raw = at::empty({save && call.proj ? call.rows : 0, H}, opts);
+  GridMemory<Num> grid(shape, Direction::kForward, opts);
   FwdParams<Num> p;
   p.part = shape.part;
+  p.grid = grid.buffers;
   p.plan = PlanView{table, call.T, call.B, call.reverse};
   p.save = save;
   p.x_proj = elements<Num>(xp);
@@ -152,8 +184,10 @@ BwdResult layer_bwd(const Launch& launch, const ClusterShape& shape, const Layer
   at::Tensor grad_x = at::empty({call.rows, G}, opts), grad_h0 = at::empty({call.B, P}, opts);
   at::Tensor grad_c0 = at::empty({call.B, H}, opts), h_prev = at::empty({call.rows, P}, opts);
   at::Tensor dh_out = at::empty({call.proj ? call.rows : 0, P}, opts);
+  GridMemory<Num> grid(shape, Direction::kBackward, opts);
   BwdParams<Num> p;
   p.part = shape.part;
+  p.grid = grid.buffers;
   p.plan = PlanView{table, call.T, call.B, call.reverse};
   p.grad_output = optional_elements<Num>(go);
   p.grad_h_n = optional_elements<Num>(ghn);

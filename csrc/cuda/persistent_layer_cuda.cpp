@@ -26,7 +26,8 @@ namespace {
 Mode mode_from_environment() {
   const char* value = std::getenv("FUSEDLSTM_PERSISTENT");
   const std::optional<Mode> mode = parse_mode(value);
-  TORCH_CHECK(mode.has_value(), "fusedlstm: FUSEDLSTM_PERSISTENT must be 0, 1 or require, got '", value, "'");
+  TORCH_CHECK(mode.has_value(), "fusedlstm: FUSEDLSTM_PERSISTENT must be 0, 1, require or grid, got '", value,
+              "'");
   return *mode;
 }
 
@@ -45,15 +46,16 @@ DeviceFacts device_facts(int device) {
   return facts;
 }
 
-// cudaOccupancyMaxActiveClusters of a kernel and shape, asked once per
-// device and shape. An error of the query counts as no room (the per-step
-// path then runs) and is cleared.
+// Batch groups of a kernel and shape that fit on the device at once
+// (persistent_kernels.h: max_active_clusters), asked once per device and
+// shape. An error of the query counts as no room (the per-step path then
+// runs) and is cleared.
 template <typename Num>
 int active_clusters(int device, Direction dir, const ClusterShape& shape) {
-  using Key = std::tuple<int, int, int, int, int, size_t>;
+  using Key = std::tuple<int, int, bool, int, int, int, size_t>;
   static std::mutex mutex;
   static std::map<Key, int> known;
-  const Key key{device, int(dir), shape.part.S, shape.part.NB, shape.part.U, shape.smem_bytes};
+  const Key key{device, int(dir), shape.grid, shape.part.S, shape.part.NB, shape.part.U, shape.smem_bytes};
   const std::lock_guard<std::mutex> lock(mutex);
   const auto it = known.find(key);
   if (it != known.end()) return it->second;
@@ -83,8 +85,8 @@ std::optional<ClusterShape> choose(Mode mode, const LayerCall& call, at::ScalarT
   s.packed = call.packed;
   s.capturing = capturing(stream);
   const Decision d = decide(s, [&](const ClusterShape& shape) { return active_clusters<Num>(device, dir, shape); });
-  TORCH_CHECK(d.shape.has_value() || s.mode != Mode::kRequire,
-              "fusedlstm: FUSEDLSTM_PERSISTENT=require, but the persistent kernels cannot take this layer (",
+  TORCH_CHECK(d.shape.has_value() || s.mode == Mode::kAuto, "fusedlstm: FUSEDLSTM_PERSISTENT=",
+              s.mode == Mode::kGrid ? "grid" : "require", ", but the persistent kernels cannot take this layer (",
               dtype, ", H=", call.H, ", P=", call.P, ", B=", call.B, "): ", d.reason);
   return d.shape;
 }
@@ -109,8 +111,8 @@ std::optional<Mode> mode_for(at::ScalarType dtype) {
   const Mode mode = mode_from_environment();
   if (mode == Mode::kOff) return std::nullopt;
   if (element_bytes(dtype) != 0) return mode;
-  TORCH_CHECK(mode != Mode::kRequire, "fusedlstm: FUSEDLSTM_PERSISTENT=require, but the persistent kernels take "
-              "float32, bfloat16 or float16, got ", dtype);
+  TORCH_CHECK(mode == Mode::kAuto, "fusedlstm: FUSEDLSTM_PERSISTENT=", mode == Mode::kGrid ? "grid" : "require",
+              ", but the persistent kernels take float32, bfloat16 or float16, got ", dtype);
   return std::nullopt;
 }
 

@@ -141,22 +141,25 @@ struct SmemCursor {
 struct FwdSmem {
   size_t w = 0;         // A: W_hh slice, MT x Kh/16 tiles
   size_t wr = 0;        // A: W_hr slice, MTp x Kf/16 tiles (projection)
-  size_t h[2] = {0, 0}; // B: [NB][ldh] h_prev of this step (parity k & 1) and the next
+  size_t h[2] = {0, 0}; // B: [NB][ldh] h_prev of this step (parity k & 1) and the next (the same in the grid tier)
   size_t hfull = 0;     // B: [NB][ldf] the whole h of this step (projection)
   size_t stage = 0;     // [NB][U] this CTA's h slice, for the exchange
   size_t stage2 = 0;    // [NB][Up] this CTA's output slice, for the exchange (projection)
   size_t total = 0;
 };
 
+// The grid tier fetches h into one buffer at each step (no second h
+// buffer); its dh_prev shares go straight to global memory (no staging or
+// receive buffers).
 template <typename Num>
-FUSEDLSTM_HOST_DEVICE FwdSmem fwd_smem(const Partition& p) {
+FUSEDLSTM_HOST_DEVICE FwdSmem fwd_smem(const Partition& p, bool grid) {
   using E = typename Num::storage;
   FwdSmem s;
   SmemCursor take;
   s.w = take(AOperand<Num>::bytes(p.MT, p.Kh / 16));
   s.wr = p.proj ? take(AOperand<Num>::bytes(p.MTp, p.Kf / 16)) : 0;
   s.h[0] = take(size_t(p.NB) * p.ldh() * sizeof(E));
-  s.h[1] = take(size_t(p.NB) * p.ldh() * sizeof(E));
+  s.h[1] = grid ? s.h[0] : take(size_t(p.NB) * p.ldh() * sizeof(E));
   s.hfull = p.proj ? take(size_t(p.NB) * p.ldf() * sizeof(E)) : 0;
   s.stage = take(size_t(p.NB) * p.U * sizeof(E));
   s.stage2 = p.proj ? take(size_t(p.NB) * p.Up * sizeof(E)) : 0;
@@ -169,8 +172,8 @@ struct BwdSmem {
   size_t wt = 0;        // A: W_hh^T slice, Kh/16 x MT tiles
   size_t wrt = 0;       // A: W_hr^T slice, MTu x Kh/16 tiles (projection)
   size_t dg = 0;        // B: [NB][ldg] the step's gate gradients (gate-interleaved rows)
-  size_t partial = 0;   // float [S][NB][Up]: this CTA's share of dh_prev, per owner CTA
-  size_t recv[2] = {0, 0};  // float [S][NB][Up]: the shares of every CTA for this CTA's columns
+  size_t partial = 0;   // float [S][NB][Up]: this CTA's share of dh_prev, per owner CTA (cluster tier)
+  size_t recv[2] = {0, 0};  // float [S][NB][Up]: the shares of every CTA for this CTA's columns (cluster tier)
   size_t dh_next = 0;   // float [NB][Up]: reduced dh_prev, the dh of the step processed next
   size_t dh_cell = 0;   // float [NB][U]: dL/dh of the step's cells
   size_t dh_out = 0;    // B: [NB][ldh] the whole dL/d(output) of the step (projection)
@@ -179,7 +182,7 @@ struct BwdSmem {
 };
 
 template <typename Num>
-FUSEDLSTM_HOST_DEVICE BwdSmem bwd_smem(const Partition& p) {
+FUSEDLSTM_HOST_DEVICE BwdSmem bwd_smem(const Partition& p, bool grid) {
   using E = typename Num::storage;
   BwdSmem s;
   SmemCursor take;
@@ -187,15 +190,40 @@ FUSEDLSTM_HOST_DEVICE BwdSmem bwd_smem(const Partition& p) {
   s.wt = take(AOperand<Num>::bytes(p.Kh / 16, p.MT));
   s.wrt = p.proj ? take(AOperand<Num>::bytes(p.MTu, p.Kh / 16)) : 0;
   s.dg = take(size_t(p.NB) * p.ldg() * sizeof(E));
-  s.partial = take(shares);
-  s.recv[0] = take(shares);
-  s.recv[1] = take(shares);
+  s.partial = grid ? 0 : take(shares);
+  s.recv[0] = grid ? 0 : take(shares);
+  s.recv[1] = grid ? 0 : take(shares);
   s.dh_next = take(size_t(p.NB) * p.Up * sizeof(float));
   s.dh_cell = take(size_t(p.NB) * p.U * sizeof(float));
   s.dh_out = p.proj ? take(size_t(p.NB) * p.ldh() * sizeof(E)) : 0;
   s.dh_stage = p.proj ? take(size_t(p.NB) * p.Up * sizeof(E)) : 0;
   s.total = take.at;
   return s;
+}
+
+// --- global memory of the grid tier ----------------------------------------------------------
+
+// The exchange buffers of the grid tier, in global memory, for every batch
+// group of the layer (null in the cluster tier). Allocated by the launcher,
+// counters zeroed before the launch.
+template <typename E>
+struct GridBuffers {
+  Counter* counters = nullptr;           // [groups]: arrivals at the group's grid barriers
+  E* h0 = nullptr;                       // [groups][NB][Kh]: h of the step, parity 0 (forward)
+  E* h1 = nullptr;                       // ... parity 1
+  E* hfull = nullptr;                    // [groups][NB][Kf]: the whole h (forward, projection)
+  float* shares0 = nullptr;              // [groups][S owner][S from][NB][Up]: dh_prev shares, parity 0 (backward)
+  float* shares1 = nullptr;              // ... parity 1
+  E* dh_out = nullptr;                   // [groups][NB][Kh]: dL/d(output) (backward, projection)
+};
+
+// Elements of each grid-tier buffer for `groups` batch groups.
+struct GridSizes {
+  size_t h, hfull, shares, dh_out;
+};
+inline GridSizes grid_sizes(const Partition& p, int groups) {
+  const size_t g = size_t(groups), rows = g * p.NB;
+  return GridSizes{rows * p.Kh, p.proj ? rows * p.Kf : 0, g * p.S * p.S * p.NB * p.Up, p.proj ? rows * p.Kh : 0};
 }
 
 // --- the layer plan, as the kernels read it ---------------------------------------------------

@@ -145,33 +145,104 @@ FUSEDLSTM_STEP void product_rows(Ctx& ctx, const typename Num::storage* a, int m
 FUSEDLSTM_HOST_DEVICE int cell_unit(int lane) { return (lane >> 2) & 3; }
 FUSEDLSTM_HOST_DEVICE int cell_col(int lane) { return 2 * (lane & 3) + ((lane >> 2) >> 2); }
 
-// Copy `rows` rows of `width` elements from this CTA's `src` (row-major,
-// stride `width`; plus peer * src_peer_stride elements for each destination
-// peer) to columns col0 .. col0+width-1 of rows 0 .. rows-1 of `dst`
-// (stride `ld_dst`) in the shared memory of every CTA of the cluster, own
-// included, in 16-byte chunks (st.shared::cluster through mapa addresses on
-// the device). Destinations rotate, starting after this CTA, to spread the
-// traffic.
+// move(t, copy, n, c) for every 16-byte chunk c of rows n < rows of copies
+// copy < copies, shared out to the CTA's threads.
+template <typename Ctx, typename Move>
+FUSEDLSTM_STEP void for_each_chunk(Ctx& ctx, int copies, int rows, int chunks, const Move& move) {
+  const int per_copy = rows * chunks;
+  ctx.each([&](Thread t) {
+    for (int e = t.tid; e < copies * per_copy; e += kThreads) {
+      const int rest = e % per_copy;
+      move(t, e / per_copy, rest / chunks, rest % chunks);
+    }
+  });
+}
+
+template <typename E>
+FUSEDLSTM_HOST_DEVICE constexpr int chunks_of(int width) {
+  return width * int(sizeof(E)) / int(sizeof(Chunk16));
+}
+
+// Cluster tier: copy `rows` rows of `width` elements from this CTA's `src`
+// (row-major, stride `width`; plus peer * src_peer_stride elements for each
+// destination peer) to columns col0 .. col0+width-1 of rows 0 .. rows-1 of
+// `dst` (stride `ld_dst`) in the shared memory of every CTA of the cluster,
+// own included, in 16-byte chunks (st.shared::cluster through mapa
+// addresses on the device). Destinations rotate, starting after this CTA,
+// to spread the traffic.
 template <typename Ctx, typename E>
 FUSEDLSTM_STEP void push_rows(Ctx& ctx, const E* src, size_t src_peer_stride, int width, int rows, E* dst,
                               int ld_dst, int col0) {
-  constexpr int kPerChunk = int(sizeof(Chunk16) / sizeof(E));
-  const int chunks = width / kPerChunk, per_peer = rows * chunks;
   const int S = ctx.cluster_size(), me = ctx.cta_rank();
-  ctx.each([&](Thread t) {
-    for (int e = t.tid; e < per_peer * S; e += kThreads) {
-      const int peer = (me + 1 + e / per_peer) % S, rest = e % per_peer;
-      const int n = rest / chunks, c = rest % chunks;
-      const auto* from = reinterpret_cast<const Chunk16*>(src + peer * src_peer_stride + size_t(n) * width) + c;
-      auto* to = reinterpret_cast<Chunk16*>(dst + size_t(n) * ld_dst + col0) + c;
-      const Chunk16 v = ctx.ld(t, from);
-      if (peer == me) {
-        ctx.st(t, to, v);
-      } else {
-        ctx.st_peer(t, peer, to, v);
-      }
+  for_each_chunk(ctx, S, rows, chunks_of<E>(width), [&](Thread t, int copy, int n, int c) {
+    const int peer = (me + 1 + copy) % S;
+    const auto* from = reinterpret_cast<const Chunk16*>(src + peer * src_peer_stride + size_t(n) * width) + c;
+    auto* to = reinterpret_cast<Chunk16*>(dst + size_t(n) * ld_dst + col0) + c;
+    const Chunk16 v = ctx.ld(t, from);
+    if (peer == me) {
+      ctx.st(t, to, v);
+    } else {
+      ctx.st_peer(t, peer, to, v);
     }
   });
+}
+
+// Grid tier: the same rows to global memory, once per copy: copy i of
+// src + i * src_copy_stride goes to columns col0.. of dst + i * dst_copy_stride
+// (row stride ld_dst).
+template <typename Ctx, typename E>
+FUSEDLSTM_STEP void publish_rows(Ctx& ctx, int copies, const E* src, size_t src_copy_stride, int width, int rows,
+                                 E* dst, size_t dst_copy_stride, int ld_dst, int col0) {
+  for_each_chunk(ctx, copies, rows, chunks_of<E>(width), [&](Thread t, int copy, int n, int c) {
+    const auto* from = reinterpret_cast<const Chunk16*>(src + copy * src_copy_stride + size_t(n) * width) + c;
+    *(reinterpret_cast<Chunk16*>(dst + copy * dst_copy_stride + size_t(n) * ld_dst + col0) + c) = ctx.ld(t, from);
+  });
+}
+
+// Grid tier: rows 0 .. rows-1 (width elements) of a global buffer (stride
+// ld_src) into this CTA's shared memory (stride ld_dst).
+template <typename Ctx, typename E>
+FUSEDLSTM_STEP void fetch_rows(Ctx& ctx, const E* src, int ld_src, int width, int rows, E* dst, int ld_dst) {
+  for_each_chunk(ctx, 1, rows, chunks_of<E>(width), [&](Thread t, int, int n, int c) {
+    ctx.st(t, reinterpret_cast<Chunk16*>(dst + size_t(n) * ld_dst) + c,
+           ctx.ld_global(t, reinterpret_cast<const Chunk16*>(src + size_t(n) * ld_src) + c));
+  });
+}
+
+// The grid tier's barrier state of one CTA: its batch group's counter and
+// how often it has arrived (the targets only grow).
+struct GridSync {
+  Counter* counter = nullptr;
+  int S = 1;
+  Counter arrivals = 0;
+
+  template <typename Ctx>
+  FUSEDLSTM_STEP void wait(Ctx& ctx, Barrier label) {
+    ctx.sync_grid(label, counter, ++arrivals * Counter(S));
+  }
+};
+
+// The all-gather of the step code: this CTA's slice (rows x width at src,
+// stride width) lands at columns col0.. of rows 0..rows-1 of `dst` (shared
+// memory, stride ld_dst) in every CTA of the batch group, ordered by barrier
+// `label`. Cluster tier: pushed into each CTA's shared memory. Grid tier:
+// written into `global` (stride ld_global: all the group's slices side by
+// side), and after the barrier the S slices of each row are read back into
+// `dst`.
+template <bool kGrid, typename Ctx, typename E>
+FUSEDLSTM_STEP void all_gather(Ctx& ctx, GridSync& grid, Barrier label, const E* src, int width, int rows, E* dst,
+                               int ld_dst, int col0, E* global, int ld_global) {
+  if constexpr (kGrid) {
+    publish_rows(ctx, 1, src, 0, width, rows, global, 0, ld_global, col0);
+    grid.wait(ctx, label);
+    // The S slices only: the padding beyond them is never written there and
+    // stays zero here.
+    fetch_rows(ctx, global, ld_global, grid.S * width, rows, dst, ld_dst);
+    ctx.sync_cta(Barrier::kFetched);
+  } else {
+    push_rows(ctx, src, 0, width, rows, dst, ld_dst, col0);
+    ctx.sync_cluster(label);
+  }
 }
 
 }  // namespace fusedlstm::persistent

@@ -8,13 +8,16 @@ ptxas -v, the PTX kept) and checks every kernel instantiation:
     per SM,
   - no static shared memory: all of it is the dynamic allocation that the
     tier selection sizes within the device's limit (persistent_tier.h),
-  - the instructions the design rests on, in its PTX: barrier.cluster
-    arrive/wait and mapa (the cluster exchange) everywhere, mma.sync
-    m16n8k16 with the kernel's 16-bit type and float accumulation in the
-    bfloat16 / float16 kernels, none in the float32 ones (IEEE FFMA);
+  - the instructions the design rests on, in its PTX: in the cluster tier
+    barrier.cluster arrive/wait and mapa (the DSMEM exchange); in the grid
+    tier the counter barrier (atom.add.release.gpu, ld.acquire.gpu), loads
+    from L2 (ld.global.cg) and none of the cluster's; mma.sync m16n8k16 with
+    the kernel's 16-bit type and float accumulation in the bfloat16 /
+    float16 kernels, none in the float32 ones (IEEE FFMA);
   - and, when a cuobjdump is found (the CUDA toolkit's, or the one in
     Triton's package), in the SASS: HMMA.16816.F32[.BF16], the cluster
-    barrier (UCGABAR_ARV / UCGABAR_WAIT), no local-memory loads or stores.
+    barrier (UCGABAR_ARV / UCGABAR_WAIT) or the grid's atomic add, no
+    local-memory loads or stores.
 Prints one line per kernel, the table that the source's comments cite.
 
     python persistent_compile_gate.py --nvcc NVCC --source persistent_kernels.cu -I DIR [-I DIR ...]
@@ -49,10 +52,12 @@ def find_cuobjdump(nvcc: str) -> str | None:
 
 
 def kernel_name(mangled: str) -> str:
+    """"forward cluster bfloat16" from the mangled name of an instantiation."""
     direction = "forward" if "persistent_forward_kernel" in mangled else "backward"
+    tier = "grid" if "ELb1E" in mangled else "cluster"
     for tag, name in (("3F32", "float32"), ("4BF16", "bfloat16"), ("3F16", "float16")):
         if f"INS0_{tag}E" in mangled:
-            return f"{direction} {name}"
+            return f"{direction} {tier} {name}"
     return mangled
 
 
@@ -106,17 +111,17 @@ def main() -> int:
             dump = subprocess.run([cuobjdump, "--dump-sass", str(obj)], capture_output=True, text=True, check=True)
             sass = split_entries(dump.stdout, "sass")
 
-    if len(report) != 6:
-        failures.append(f"expected 6 kernels (forward and backward x float32, bfloat16, float16), ptxas "
-                        f"reported {len(report)}")
-    print(f"{'kernel':<18} {'regs':>4} {'threads':>7} {'regs x threads':>14} {'stack':>5} {'spills':>6} "
+    if len(report) != 12:
+        failures.append(f"expected 12 kernels (forward and backward x cluster and grid tier x float32, "
+                        f"bfloat16, float16), ptxas reported {len(report)}")
+    print(f"{'kernel':<26} {'regs':>4} {'threads':>7} {'regs x threads':>14} {'stack':>5} {'spills':>6} "
           f"{'static smem':>11}")
     for mangled, r in sorted(report.items(), key=lambda kv: kernel_name(kv[0])):
         name = kernel_name(mangled)
         text = ptx.get(mangled, "")
         threads = int(m.group(1)) if (m := re.search(r"\.maxntid (\d+), 1, 1", text)) else 0
         spills = r["spill_stores"] + r["spill_loads"]
-        print(f"{name:<18} {r['registers']:>4} {threads:>7} {r['registers'] * threads:>14} {r['stack']:>5} "
+        print(f"{name:<26} {r['registers']:>4} {threads:>7} {r['registers'] * threads:>14} {r['stack']:>5} "
               f"{spills:>6} {r['smem']:>11}")
 
         def need(ok: bool, what: str) -> None:
@@ -129,10 +134,15 @@ def main() -> int:
         need(r["registers"] * threads <= REGISTER_FILE,
              f"{r['registers']} registers x {threads} threads > {REGISTER_FILE}")
         need(r["smem"] == 0, f"{r['smem']} bytes of static shared memory")
-        for instruction in ("barrier.cluster.arrive", "barrier.cluster.wait", "mapa.", "bar.sync"):
+        direction, tier, number = name.split()
+        cluster_only = ("barrier.cluster.arrive", "barrier.cluster.wait", "mapa.")
+        grid_only = ("atom.add.release.gpu", "ld.acquire.gpu", "ld.global.cg")
+        for instruction in ("bar.sync", *(cluster_only if tier == "cluster" else grid_only)):
             need(instruction in text, f"no {instruction} in its PTX")
+        for instruction in grid_only if tier == "cluster" else cluster_only:
+            need(instruction not in text, f"{instruction} in its PTX")
         mma = {"bfloat16": "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
-               "float16": "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"}.get(name.split()[1])
+               "float16": "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"}.get(number)
         if mma:
             need(mma in text, f"no {mma} in its PTX")
         else:
@@ -140,9 +150,12 @@ def main() -> int:
             need("fma.rn.f32" in text, "no fma.rn.f32 in its PTX")
         if sass:
             code = sass.get(mangled, "")
-            need("UCGABAR_ARV" in code and "UCGABAR_WAIT" in code, "no cluster barrier in its SASS")
+            if tier == "cluster":
+                need("UCGABAR_ARV" in code and "UCGABAR_WAIT" in code, "no cluster barrier in its SASS")
+            else:
+                need("ATOM.E.ADD.64.STRONG.GPU" in code, "no atomic add of the grid barrier in its SASS")
             need(not re.search(r"\b(LDL|STL)\b", code), "local-memory loads or stores in its SASS")
-            hmma = {"bfloat16": "HMMA.16816.F32.BF16", "float16": "HMMA.16816.F32 "}.get(name.split()[1])
+            hmma = {"bfloat16": "HMMA.16816.F32.BF16", "float16": "HMMA.16816.F32 "}.get(number)
             if hmma:
                 need(hmma in code, f"no {hmma.strip()} in its SASS")
             else:

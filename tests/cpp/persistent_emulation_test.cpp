@@ -9,11 +9,12 @@
 // number formats' conversions and the fragment layout. No torch, no GPU:
 // ctest builds it once plainly and once under ThreadSanitizer.
 //
-//   persistent_emulation_test [--quick] [--yields] [--seed N] [--drop BARRIER]
-//     --quick    a few cases (the ThreadSanitizer run)
+//   persistent_emulation_test [--quick] [--yields] [--seed N] [--drop BARRIER [--grid]]
+//     --quick    a few cases
 //     --yields   random sleeps and yields in every CTA thread
-//     --drop B   skip every barrier named B (persistent_context.h's names):
-//                the checks must then report a race; prints what they found
+//     --drop B   skip every barrier named B (persistent_context.h's names)
+//                in one case (the grid tier's with --grid): the checks must
+//                then report a race; prints what they found
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -163,6 +164,34 @@ Backward reference_backward(const Layer& L, const Vec& out, const Vec& acts, con
 
 // --- running the step code -------------------------------------------------------------------
 
+// The grid tier's global buffers (persistent_layout.h), counters zero, the
+// rest 0xff bytes (NaN in every format), as uninitialised device memory
+// might be: a read of anything that no CTA wrote shows in the results.
+template <typename E>
+struct GridStorage {
+  std::vector<Counter> counters;
+  std::vector<E> h, hfull, dh_out;
+  std::vector<float> shares;
+  GridBuffers<E> buffers;
+
+  GridStorage(const Partition& part, int groups, bool grid) {
+    if (!grid) return;
+    const GridSizes n = grid_sizes(part, groups);
+    counters.assign(groups, 0);
+    h.resize(2 * n.h);
+    hfull.resize(n.hfull);
+    dh_out.resize(n.dh_out);
+    shares.resize(2 * n.shares);
+    auto poison = [](auto& v) { std::memset(static_cast<void*>(v.data()), 0xff, v.size() * sizeof(v[0])); };
+    poison(h);
+    poison(hfull);
+    poison(dh_out);
+    poison(shares);
+    buffers = GridBuffers<E>{counters.data(), h.data(), h.data() + n.h, hfull.data(), shares.data(),
+                             shares.data() + n.shares, dh_out.data()};
+  }
+};
+
 template <typename Num>
 std::vector<typename Num::storage> to_low(const Vec& v) {
   std::vector<typename Num::storage> out(v.size());
@@ -187,12 +216,14 @@ struct Case {
   int64_t B, T;
   bool packed, reverse, save;
   int S, NB;
+  bool grid = false;  // the grid tier (exchange through global memory), else the cluster tier
 };
 
 std::string describe(const char* dtype, const Case& c) {
   char s[200];
-  std::snprintf(s, sizeof s, "%s H=%d P=%d B=%ld T=%ld %s%s%s S=%d NB=%d", dtype, c.H, c.P, long(c.B), long(c.T),
-                c.packed ? "packed" : "dense", c.reverse ? " reverse" : "", c.save ? "" : " no-save", c.S, c.NB);
+  std::snprintf(s, sizeof s, "%s H=%d P=%d B=%ld T=%ld %s%s%s S=%d NB=%d %s", dtype, c.H, c.P, long(c.B),
+                long(c.T), c.packed ? "packed" : "dense", c.reverse ? " reverse" : "", c.save ? "" : " no-save", c.S,
+                c.NB, c.grid ? "grid" : "cluster");
   return s;
 }
 
@@ -271,7 +302,9 @@ void check_case(const Case& c, const HostOptions& options, std::mt19937_64& rng,
   f.acts = c.save ? acts.data() : nullptr;
   f.cells = c.save ? cells.data() : nullptr;
   f.h_raw = c.save && L.proj ? h_raw.data() : nullptr;
-  emulate_forward(f, options);
+  GridStorage<E> fg(part, clusters_for(L.B, c.NB), c.grid);
+  f.grid = fg.buffers;
+  emulate_forward(f, c.grid, options);
   expect_close(id + " output", from_low<Num>(output), expected.output, tol);
   expect_close(id + " h_n", from_low<Num>(h_n), expected.h_n, tol);
   expect_close(id + " c_n", from_low<Num>(c_n), expected.c_n, tol);
@@ -311,7 +344,9 @@ void check_case(const Case& c, const HostOptions& options, std::mt19937_64& rng,
     bp.grad_c0 = grad_c0.data();
     bp.h_prev = h_prev.data();
     bp.dh_out = L.proj ? dh_out.data() : nullptr;
-    emulate_backward(bp, options);
+    GridStorage<E> bg(part, clusters_for(L.B, c.NB), c.grid);
+    bp.grid = bg.buffers;
+    emulate_backward(bp, c.grid, options);
     expect_close(bid + " grad_x_proj", from_low<Num>(grad_x), bexp.grad_x, 2 * tol);
     expect_close(bid + " grad_h0", from_low<Num>(grad_h0), bexp.grad_h0, 2 * tol);
     expect_close(bid + " grad_c0", from_low<Num>(grad_c0), bexp.grad_c0, 2 * tol);
@@ -349,12 +384,22 @@ std::vector<Case> full_matrix() {
   cases.push_back({64, 0, 20, 3, false, true, true, 1, 32});   // 2 gate tiles per warp, 3 n-tiles
   cases.push_back({32, 24, 17, 4, true, false, true, 4, 16});  // 2 clusters of 16 rows
   cases.push_back({1, 0, 1, 3, false, false, true, 1, 8});     // the smallest layer
+  // The grid tier: the same options, more CTAs per group than a cluster
+  // would take, several groups.
+  for (bool packed : {false, true})
+    for (int P : {0, 5})
+      for (bool reverse : {false, true}) {
+        cases.push_back({13, P, 3, 6, packed, reverse, true, 2, 8, true});
+        cases.push_back({40, P, 11, 5, packed, reverse, true, 5, 8, true});
+      }
+  cases.push_back({13, 7, 3, 4, true, true, false, 2, 8, true});
+  cases.push_back({72, 0, 20, 3, false, true, true, 9, 16, true});
   return cases;
 }
 
 std::vector<Case> quick_matrix() {
   return {{13, 0, 3, 4, true, false, true, 2, 8}, {13, 5, 3, 4, true, true, true, 3, 8},
-          {40, 0, 11, 3, false, false, true, 3, 8}};
+          {40, 0, 11, 3, false, false, true, 3, 8}, {13, 5, 3, 4, true, true, true, 3, 8, true}};
 }
 
 // 16-bit values (NaNs aside) that do not come back from float.
@@ -403,7 +448,7 @@ void check_formats_and_fragments() {
 
 int main(int argc, char** argv) {
   HostOptions options;
-  bool quick = false;
+  bool quick = false, grid = false;
   std::string drop;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -415,8 +460,10 @@ int main(int argc, char** argv) {
       options.seed = std::strtoull(argv[++i], nullptr, 10);
     } else if (arg == "--drop" && i + 1 < argc) {
       drop = argv[++i];
+    } else if (arg == "--grid") {
+      grid = true;
     } else {
-      std::fprintf(stderr, "usage: %s [--quick] [--yields] [--seed N] [--drop BARRIER]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--quick] [--yields] [--seed N] [--drop BARRIER [--grid]]\n", argv[0]);
       return 2;
     }
   }
@@ -430,7 +477,7 @@ int main(int argc, char** argv) {
     }
     // One case that passes every barrier kind; the checks must object.
     std::mt19937_64 rng(options.seed);
-    const Case c{13, 5, 3, 4, true, false, true, 3, 8};
+    const Case c{13, 5, 3, 4, true, false, true, 3, 8, grid};
     try {
       check_case<BF16>(c, options, rng, 3e-2);
       std::printf("barrier %s dropped: %d of %d checks failed\n", drop.c_str(), persistent_checks::failures,
