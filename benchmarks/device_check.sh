@@ -36,7 +36,7 @@
 #   environment report        7 s       (timeout 12 s)
 #   build, sm_90, 16 jobs     34 s      (timeout 75 s: persistent_kernels.cu adds ~30 s of
 #                                       nvcc on one core, not measured there)
-#   persistent GPU tests      not measured (timeout 60 s; ~120 tests, T = 5)
+#   persistent GPU tests      not measured (timeout 60 s; ~195 tests, T = 5)
 #   compute-sanitizer         not measured (timeout 50 s: racecheck then synccheck, only
 #                                       the persistent kernels instrumented)
 #   GPU tests (-m cuda)       over 125 s with 12 workers, ~970 tests (timeout 100 s: what

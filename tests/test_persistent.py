@@ -213,16 +213,17 @@ def needs_persistent_kernels(monkeypatch):
     monkeypatch.setenv("FUSEDLSTM_PERSISTENT", "require")
 
 
-# H and B of each cluster shape the tier picks: 1, 2, 4, 8 and 16 CTAs;
-# one and several clusters; and a layer beyond any cluster (the grid tier).
-GPU_SIZES = [pytest.param(13, 3, id="H13-B3"), pytest.param(64, 8, id="H64-B8"),
-             pytest.param(128, 8, id="H128-B8"), pytest.param(256, 40, id="H256-B40"),
-             pytest.param(512, 8, id="H512-B8"), pytest.param(1000, 40, id="H1000-B40")]
+# (H, B, FUSEDLSTM_PERSISTENT): each cluster shape the tier picks (1, 2, 4, 8
+# and 16 CTAs; one and several clusters), a layer beyond any cluster (the
+# grid tier, several groups), and the grid tier forced at cluster sizes.
+GPU_SIZES = [pytest.param(13, 3, "require", id="H13-B3"), pytest.param(64, 8, "require", id="H64-B8"),
+             pytest.param(128, 8, "require", id="H128-B8"), pytest.param(256, 40, "require", id="H256-B40"),
+             pytest.param(512, 8, "require", id="H512-B8"), pytest.param(1000, 40, "require", id="H1000-B40"),
+             pytest.param(64, 8, "grid", id="H64-B8-grid"), pytest.param(256, 40, "grid", id="H256-B40-grid")]
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("tier", ["require", "grid"])
-@pytest.mark.parametrize("H,B", GPU_SIZES)
+@pytest.mark.parametrize("H,B,tier", GPU_SIZES)
 @pytest.mark.parametrize("layout,proj,reverse", LAYER_CONFIGS, ids=LAYER_IDS)
 @pytest.mark.parametrize("dtype", [torch.float32, *HALF_TYPES], ids=["f32", "bf16", "f16"])
 def test_gpu_layer_ops_match_oracle(layout, proj, reverse, dtype, H, B, tier, monkeypatch):
