@@ -22,9 +22,16 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
 
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
+
+# The property tests' example counts (tests/test_properties.py): "ci" (the default) fits
+# the CI machine; `--hypothesis-profile=long` is a fuzz run of tens of minutes.
+settings.register_profile("ci", max_examples=40, deadline=None)
+settings.register_profile("long", max_examples=1500, deadline=None)
+settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)
