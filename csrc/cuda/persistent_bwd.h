@@ -163,44 +163,39 @@ FUSEDLSTM_STEP void backward_cta(Ctx& ctx, const BwdParams<Num>& p) {
     ctx.sync_cta(Barrier::kDh);
 
     // (b) Cell backward.
-    ctx.each_warp([&](auto& wp) {
-      FUSEDLSTM_UNROLL
-      for (int i = 0; i < kMaxMTilesPerWarp; ++i) {
-        const int mt = wp.id + i * kWarps;
-        if (mt >= q.MT) continue;
-        wp.each([&](Thread t) {
-          const int j = cell_unit(t.lane()), ul = mt * 4 + j, u = r * U + ul;
-          FUSEDLSTM_UNROLL
-          for (int nt = 0; nt < kMaxNTiles; ++nt) {
-            const int n = nt * 8 + cell_col(t.lane());
-            if (nt >= n_tiles) continue;
-            E* const staged = dg + size_t(n) * ldg + mt * 16 + j;
-            if (n >= n_act || u >= H) {
-              FUSEDLSTM_UNROLL
-              for (int gate = 0; gate < 4; ++gate) ctx.st(t, staged + 4 * gate, Num::from_float(0.f));
-              continue;
-            }
-            const int64_t b = b0 + n, row = sp.offset + b;
-            const E* a = p.acts + row * G + u;
-            const Gates<float> act{Num::to_float(a[0]), Num::to_float(a[H]), Num::to_float(a[2 * int64_t(H)]),
-                                   Num::to_float(a[3 * int64_t(H)])};
-            const float c_prev = Num::to_float(n < n_cont ? p.cells[(sp.prev_offset + b) * H + u] : p.c0[b * H + u]);
-            const float dc_in = n < n_next ? dc[i][nt][t] : p.grad_c_n ? Num::to_float(p.grad_c_n[b * H + u]) : 0.f;
-            float dc_prev;
-            const Gates<float> d = gates_backward(act, c_prev, Num::to_float(p.cells[row * H + u]),
-                                                  ctx.ld(t, dh_cell + size_t(n) * U + ul), dc_in, dc_prev);
-            const E dq[4] = {Num::from_float(d.i), Num::from_float(d.f), Num::from_float(d.g), Num::from_float(d.o)};
-            E* gx = p.grad_x + row * G + u;
+    for_each_gate_tile(ctx, q.MT, [&](auto& wp, int i, int mt) {
+      wp.each([&](Thread t) {
+        const int j = cell_unit(t.lane()), ul = mt * 4 + j, u = r * U + ul;
+        FUSEDLSTM_UNROLL
+        for (int nt = 0; nt < kMaxNTiles; ++nt) {
+          const int n = nt * 8 + cell_col(t.lane());
+          if (nt >= n_tiles) continue;
+          E* const staged = dg + size_t(n) * ldg + mt * 16 + j;
+          if (n >= n_act || u >= H) {
             FUSEDLSTM_UNROLL
-            for (int gate = 0; gate < 4; ++gate) {
-              gx[gate * int64_t(H)] = dq[gate];
-              ctx.st(t, staged + 4 * gate, dq[gate]);
-            }
-            dc[i][nt][t] = dc_prev;
-            if (n >= n_cont) p.grad_c0[b * H + u] = Num::from_float(dc_prev);
+            for (int gate = 0; gate < 4; ++gate) ctx.st(t, staged + 4 * gate, Num::from_float(0.f));
+            continue;
           }
-        });
-      }
+          const int64_t b = b0 + n, row = sp.offset + b;
+          const E* a = p.acts + row * G + u;
+          const Gates<float> act{Num::to_float(a[0]), Num::to_float(a[H]), Num::to_float(a[2 * int64_t(H)]),
+                                 Num::to_float(a[3 * int64_t(H)])};
+          const float c_prev = Num::to_float(n < n_cont ? p.cells[(sp.prev_offset + b) * H + u] : p.c0[b * H + u]);
+          const float dc_in = n < n_next ? dc[i][nt][t] : p.grad_c_n ? Num::to_float(p.grad_c_n[b * H + u]) : 0.f;
+          float dc_prev;
+          const Gates<float> d = gates_backward(act, c_prev, Num::to_float(p.cells[row * H + u]),
+                                                ctx.ld(t, dh_cell + size_t(n) * U + ul), dc_in, dc_prev);
+          const E dq[4] = {Num::from_float(d.i), Num::from_float(d.f), Num::from_float(d.g), Num::from_float(d.o)};
+          E* gx = p.grad_x + row * G + u;
+          FUSEDLSTM_UNROLL
+          for (int gate = 0; gate < 4; ++gate) {
+            gx[gate * int64_t(H)] = dq[gate];
+            ctx.st(t, staged + 4 * gate, dq[gate]);
+          }
+          dc[i][nt][t] = dc_prev;
+          if (n >= n_cont) p.grad_c0[b * H + u] = Num::from_float(dc_prev);
+        }
+      });
     });
     ctx.sync_cta(Barrier::kGates);
 

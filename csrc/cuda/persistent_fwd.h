@@ -27,8 +27,8 @@
 // The grid tier (kGrid; layers beyond a cluster's shared memory) is the same
 // step with the exchange through global memory (all_gather): each CTA
 // writes its slice once into the group's global h buffer of parity k + 1, a
-// grid barrier (the group's counter) ends the step, and each CTA reads the
-// whole rows back into its (single) shared-memory h buffer.
+// grid barrier (the group's counter) ends the step, and each CTA reads all
+// the slices back into its (single) shared-memory h buffer.
 //
 // Numbers: float32 throughout on FFMA (the product is IEEE fp32; TF32 is
 // not used); for bfloat16/float16 the products take 16-bit inputs with float
@@ -146,90 +146,80 @@ FUSEDLSTM_STEP void forward_cta(Ctx& ctx, const FwdParams<Num>& p) {
         }
       });
     }
-    ctx.each_warp([&](auto& wp) {
-      FUSEDLSTM_UNROLL
-      for (int i = 0; i < kMaxMTilesPerWarp; ++i) {
-        const int mt = wp.id + i * kWarps;
-        if (mt >= q.MT) continue;
-        wp.each([&](Thread t) {
-          const int u = r * U + mt * 4 + cell_unit(t.lane());
+    for_each_gate_tile(ctx, q.MT, [&](auto& wp, int i, int mt) {
+      wp.each([&](Thread t) {
+        const int u = r * U + mt * 4 + cell_unit(t.lane());
+        FUSEDLSTM_UNROLL
+        for (int nt = 0; nt < kMaxNTiles; ++nt) {
+          const int n = nt * 8 + cell_col(t.lane());
+          if (nt >= n_tiles || n >= n_act || u >= H) continue;
+          const int64_t b = b0 + n;
+          if (n >= n_cont) c[i][nt][t] = Num::to_float(p.c0[b * H + u]);
+          const E* x = p.x_proj + (sp.offset + b) * G + u;
           FUSEDLSTM_UNROLL
-          for (int nt = 0; nt < kMaxNTiles; ++nt) {
-            const int n = nt * 8 + cell_col(t.lane());
-            if (nt >= n_tiles || n >= n_act || u >= H) continue;
-            const int64_t b = b0 + n;
-            if (n >= n_cont) c[i][nt][t] = Num::to_float(p.c0[b * H + u]);
-            const E* x = p.x_proj + (sp.offset + b) * G + u;
-            FUSEDLSTM_UNROLL
-            for (int gate = 0; gate < 4; ++gate) xp[i][nt][t].v[gate] = Num::to_float(x[gate * int64_t(H)]);
-          }
-        });
-      }
+          for (int gate = 0; gate < 4; ++gate) xp[i][nt][t].v[gate] = Num::to_float(x[gate * int64_t(H)]);
+        }
+      });
     });
     ctx.sync_cta(Barrier::kStepStart);
 
     // 2. Gate pre-activations, gate math, cell update.
-    ctx.each_warp([&](auto& wp) {
+    for_each_gate_tile(ctx, q.MT, [&](auto& wp, int i, int mt) {
+      RegOf<Ctx, Acc> acc[kMaxNTiles];
+      tile_product<Num>(ctx, wp, w, mt, kh_tiles, h_cur, ldh, n_tiles, acc);
       FUSEDLSTM_UNROLL
-      for (int i = 0; i < kMaxMTilesPerWarp; ++i) {
-        const int mt = wp.id + i * kWarps;
-        if (mt >= q.MT) continue;
-        RegOf<Ctx, Acc> acc[kMaxNTiles];
-        tile_product<Num>(ctx, wp, w, mt, kh_tiles, h_cur, ldh, n_tiles, acc);
-        FUSEDLSTM_UNROLL
-        for (int nt = 0; nt < kMaxNTiles; ++nt) {
-          if (nt >= n_tiles) continue;
-          // Lane (g, q) holds rows g and g + 8 of the tile, batch rows 2q
-          // and 2q + 1: gates i and g of unit g (g < 4) or f and o of unit
-          // g - 4. Partner lanes g and g ^ 4 (lane ^ 16) swap half: then
-          // the lower lane has all four gates of its unit for batch row 2q,
-          // the upper one for 2q + 1.
-          RegOf<Ctx, float> send0, send1, got0, got1;
-          wp.each([&](Thread t) {
-            const bool lower = (t.lane() >> 2) < 4;
-            const Acc& a = acc[nt][t];
-            send0[t] = lower ? a.v[1] : a.v[0];  // selects: a run-time index would put acc in memory
-            send1[t] = lower ? a.v[3] : a.v[2];
-          });
-          wp.shfl_xor(got0, send0, 16);
-          wp.shfl_xor(got1, send1, 16);
-          wp.each([&](Thread t) {
-            const int lane = t.lane(), ul = mt * 4 + cell_unit(lane), n = nt * 8 + cell_col(lane);
-            const int u = r * U + ul;
-            const bool lower = (lane >> 2) < 4;
-            const Acc& a = acc[nt][t];
-            E h_out = Num::from_float(0.f);
-            if (n < n_act && u < H) {
-              const Acc& x = xp[i][nt][t];
-              const Gates<float> act = activate_gates((lower ? a.v[0] : got0[t]) + x.v[0],
-                                                      (lower ? got0[t] : a.v[1]) + x.v[1],
-                                                      (lower ? a.v[2] : got1[t]) + x.v[2],
-                                                      (lower ? got1[t] : a.v[3]) + x.v[3]);
-              const float cn = cell_state(act, c[i][nt][t]);
-              c[i][nt][t] = cn;
-              h_out = Num::from_float(hidden_state(act, cn));
-              const int64_t b = b0 + n, row = sp.offset + b;
-              if (p.save) {
-                E* out_act = p.acts + row * G + u;
-                out_act[0] = Num::from_float(act.i);
-                out_act[H] = Num::from_float(act.f);
-                out_act[2 * int64_t(H)] = Num::from_float(act.g);
-                out_act[3 * int64_t(H)] = Num::from_float(act.o);
-                p.cells[row * H + u] = Num::from_float(cn);
-              }
-              if (q.proj) {
-                if (p.save) p.h_raw[row * H + u] = h_out;
-              } else {
-                p.output[row * P + u] = h_out;
-              }
-              if (n >= n_end) {
-                p.c_n[b * H + u] = Num::from_float(cn);
-                if (!q.proj) p.h_n[b * P + u] = h_out;
-              }
+      for (int nt = 0; nt < kMaxNTiles; ++nt) {
+        if (nt >= n_tiles) continue;
+        // Lane (g, q) holds rows g and g + 8 of the tile, batch rows 2q
+        // and 2q + 1: gates i and g of unit g (g < 4) or f and o of unit
+        // g - 4. Partner lanes g and g ^ 4 (lane ^ 16) swap half: then
+        // the lower lane has all four gates of its unit for batch row 2q,
+        // the upper one for 2q + 1.
+        RegOf<Ctx, float> send0, send1, got0, got1;
+        wp.each([&](Thread t) {
+          const bool lower = (t.lane() >> 2) < 4;
+          const Acc& a = acc[nt][t];
+          send0[t] = lower ? a.v[1] : a.v[0];  // selects: a run-time index would put acc in memory
+          send1[t] = lower ? a.v[3] : a.v[2];
+        });
+        wp.shfl_xor(got0, send0, 16);
+        wp.shfl_xor(got1, send1, 16);
+        wp.each([&](Thread t) {
+          const int lane = t.lane(), ul = mt * 4 + cell_unit(lane), n = nt * 8 + cell_col(lane);
+          const int u = r * U + ul;
+          const bool lower = (lane >> 2) < 4;
+          const Acc& a = acc[nt][t];
+          E h_out = Num::from_float(0.f);
+          if (n < n_act && u < H) {
+            const Acc& x = xp[i][nt][t];
+            const Gates<float> act = activate_gates((lower ? a.v[0] : got0[t]) + x.v[0],
+                                                    (lower ? got0[t] : a.v[1]) + x.v[1],
+                                                    (lower ? a.v[2] : got1[t]) + x.v[2],
+                                                    (lower ? got1[t] : a.v[3]) + x.v[3]);
+            const float cn = cell_state(act, c[i][nt][t]);
+            c[i][nt][t] = cn;
+            h_out = Num::from_float(hidden_state(act, cn));
+            const int64_t b = b0 + n, row = sp.offset + b;
+            if (p.save) {
+              E* out_act = p.acts + row * G + u;
+              out_act[0] = Num::from_float(act.i);
+              out_act[H] = Num::from_float(act.f);
+              out_act[2 * int64_t(H)] = Num::from_float(act.g);
+              out_act[3 * int64_t(H)] = Num::from_float(act.o);
+              p.cells[row * H + u] = Num::from_float(cn);
             }
-            ctx.st(t, stage + size_t(n) * U + ul, h_out);  // zero for padding and idle rows
-          });
-        }
+            if (q.proj) {
+              if (p.save) p.h_raw[row * H + u] = h_out;
+            } else {
+              p.output[row * P + u] = h_out;
+            }
+            if (n >= n_end) {
+              p.c_n[b * H + u] = Num::from_float(cn);
+              if (!q.proj) p.h_n[b * P + u] = h_out;
+            }
+          }
+          ctx.st(t, stage + size_t(n) * U + ul, h_out);  // zero for padding and idle rows
+        });
       }
     });
     ctx.sync_cta(Barrier::kStaged);

@@ -139,6 +139,19 @@ FUSEDLSTM_STEP void product_rows(Ctx& ctx, const typename Num::storage* a, int m
   });
 }
 
+// f(warp, i, mt) for the gate tiles mt = warp.id + i * kWarps < MT of every
+// warp: i < kMaxMTilesPerWarp indexes the tile's cells in the registers.
+template <typename Ctx, typename F>
+FUSEDLSTM_STEP void for_each_gate_tile(Ctx& ctx, int MT, const F& f) {
+  ctx.each_warp([&](auto& wp) {
+    FUSEDLSTM_UNROLL
+    for (int i = 0; i < kMaxMTilesPerWarp; ++i) {
+      const int mt = wp.id + i * kWarps;
+      if (mt < MT) f(wp, i, mt);
+    }
+  });
+}
+
 // The cell (unit, batch row) that a lane handles in a gate tile: after the
 // gate gather (persistent_fwd.h), lane (g, q) holds unit g % 4 of the tile
 // for batch row 2q (g < 4) or 2q + 1 (g >= 4).
