@@ -4,8 +4,10 @@ Each layer and direction becomes one ONNX `LSTM` node (a cell step is a
 node over one step), so any ONNX runtime runs the exported model with its
 own LSTM kernels. ONNX orders the gates i, o, f, c where PyTorch orders them
 i, f, g, o, and takes both biases as one [8H] input (the input's, then the
-recurrent one's); the weights are reordered in the graph, on the parameters,
-and the exporter folds that into the stored initialisers.
+recurrent one's). As in torch's own export of nn.LSTM, the reordering is ops
+on the stored parameters (Slice, Concat); the exporter folds the small ones
+(the biases) into constants, and ONNX Runtime folds the rest when it loads
+the model (its default graph optimisations fold ops on initialisers).
 
   torch.onnx.export(..., dynamo=True)   (the default) `lstm_node` writes the
         node with torch.onnx.ops.symbolic_multi_out while the model is traced;

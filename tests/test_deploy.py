@@ -73,7 +73,8 @@ import sys, torch
 {imports}
 modules = torch.load(sys.argv[1])  # weights_only=True, torch's default
 x = torch.load(sys.argv[2])
-torch.save((modules["lstm"](x)[0], modules["cell"](x[0])[0]), sys.argv[3])
+program = torch.export.load(sys.argv[4])
+torch.save((modules["lstm"](x)[0], modules["cell"](x[0])[0], program.module()(x)[0]), sys.argv[3])
 """
 
 
@@ -82,20 +83,25 @@ def run_python(code, *args):
                           timeout=600, env=dict(os.environ))
 
 
-def test_modules_load_with_weights_only_in_a_fresh_process(tmp_path):
+def test_modules_and_exported_programs_load_in_a_fresh_process(tmp_path):
+    """torch.save'd modules load with weights_only=True, and torch.export.save'd
+    programs with torch.export.load, in a process that imports fusedlstm."""
     torch.manual_seed(0)
     modules = {"lstm": FusedLSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2).eval(),
                "cell": FusedLSTMCell(3, 5)}
     x = torch.randn(4, 2, 3)
     torch.save(modules, tmp_path / "modules.pt")
     torch.save(x, tmp_path / "x.pt")
-    paths = (tmp_path / "modules.pt", tmp_path / "x.pt", tmp_path / "out.pt")
+    torch.export.save(torch.export.export(modules["lstm"], (x,)), tmp_path / "lstm.pt2")
+    paths = (tmp_path / "modules.pt", tmp_path / "x.pt", tmp_path / "out.pt", tmp_path / "lstm.pt2")
 
     done = run_python(LOAD_AND_RUN.format(imports="import fusedlstm"), *paths)
     assert done.returncode == 0, done.stderr[-4000:]
-    lstm_out, cell_out = torch.load(paths[2])
+    lstm_out, cell_out, program_out = torch.load(paths[2])
     with torch.no_grad():
-        torch.testing.assert_close(lstm_out, modules["lstm"](x)[0], rtol=0, atol=0)
+        expected = modules["lstm"](x)[0]
+        torch.testing.assert_close(lstm_out, expected, rtol=0, atol=0)
+        torch.testing.assert_close(program_out, expected, rtol=0, atol=0)
         torch.testing.assert_close(cell_out, modules["cell"](x[0])[0], rtol=0, atol=0)
     # What makes them loadable is importing fusedlstm.
     done = run_python(LOAD_AND_RUN.format(imports=""), *paths)
