@@ -10,6 +10,7 @@
                  for CUDA ones
 
 FUSEDLSTM_BACKEND, when set, replaces "auto" for modules created afterwards.
+Meta tensors (shapes only) run through the ops' fake rules whatever the backend.
 Each backend offers `cell(gates, c_prev) -> (h, c)` and
 `layer(x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse) -> (output, h_n, c_n)`,
 both differentiable.
@@ -103,6 +104,11 @@ BACKENDS: dict[str, Backend] = {
                          lambda: SimpleNamespace(cell=reference.lstm_cell, layer=reference.lstm_layer)),
 }
 
+# Meta tensors (shapes without data, as nn.LSTM takes them) go through the C++ ops'
+# fake rules whatever the backend, or the reference where the extension is not built.
+SHAPES_ONLY = Backend("meta", lambda device_type: None,
+                      lambda: ops.cpp or BACKENDS["reference"].implementation())
+
 # Preference order of "auto" per device type.
 _AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
 
@@ -146,6 +152,8 @@ def module_setting(name: str) -> str:
 def resolve(name: str, device: torch.device) -> Backend:
     """The backend to run for tensors on `device`; a clear error if unusable."""
     device_type = device.type
+    if device_type == "meta":
+        return SHAPES_ONLY
     if name == AUTO:
         for candidate in _AUTO_ORDER.get(device_type, ("reference",)):
             backend = BACKENDS.get(candidate)
