@@ -53,10 +53,14 @@ def check_exportable(has_projection: bool, packed: bool) -> None:
             "on a padded [T, B, I] tensor (torch.nn.utils.rnn.pad_packed_sequence)")
 
 
+def onnx_gate_rows(H: int) -> Tensor:
+    """The rows of ONNX's gates i, o, f, c in a [4H, ..] tensor ordered as PyTorch's i, f, g, o."""
+    return torch.cat([torch.arange(0, H), torch.arange(3 * H, 4 * H), torch.arange(H, 3 * H)])
+
+
 def _onnx_gate_order(w: Tensor) -> Tensor:
-    """[4H, ..] or [4H] in PyTorch's gate order (i, f, g, o) -> ONNX's (i, o, f, c)."""
-    H = w.shape[0] // 4
-    return torch.cat([w[:H], w[3 * H:], w[H:2 * H], w[2 * H:3 * H]])
+    """[4H, ..] or [4H] in PyTorch's gate order -> ONNX's."""
+    return w.index_select(0, onnx_gate_rows(w.shape[0] // 4).to(w.device))
 
 
 def lstm_node(input: Tensor, weights, h0: Tensor, c0: Tensor, reverse: bool):
@@ -96,10 +100,7 @@ def _lstm_layer_symbolic(g, input, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_s
     if hidden is None:
         raise RuntimeError("fusedlstm: the TorchScript ONNX exporter needs the hidden size of "
                            "c_0 to be known; use torch.onnx.export(..., dynamo=True)")
-    # Rows of ONNX's gates i, o, f, c in PyTorch's i, f, g, o.
-    order = g.op("Constant", value_t=torch.cat([torch.arange(0, hidden),
-                                                torch.arange(3 * hidden, 4 * hidden),
-                                                torch.arange(hidden, 3 * hidden)]))
+    order = g.op("Constant", value_t=onnx_gate_rows(hidden))
 
     def reordered(w):
         return g.op("Gather", w, order, axis_i=0)
