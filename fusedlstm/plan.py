@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
+from torch.utils._python_dispatch import _disable_current_modes
 
 from . import _extension
 
@@ -49,8 +50,18 @@ def layer_plan(batch_sizes: Tensor | None, T: int, B: int, reverse: bool) -> Ten
 
 
 def entries(batch_sizes: Tensor | None, T: int, B: int, reverse: bool) -> list[StepPlan]:
-    """The plan as Python numbers, entry k at [k] (reads the table on the host)."""
-    return [StepPlan(*row) for row in layer_plan(batch_sizes, T, B, reverse).tolist()]
+    """The plan as Python numbers, entry k at [k] (reads the table on the host).
+
+    A dense layer's plan is a function of T, B and reverse alone, so it is
+    built as a real table even while tracing (fake tensors, make_fx):
+    reading a traced table's values would give data-dependent sizes to every
+    step, where a Python step loop specialises on T and B anyway."""
+    if batch_sizes is None:
+        with _disable_current_modes():
+            table = layer_plan(None, int(T), int(B), reverse)
+    else:
+        table = layer_plan(batch_sizes, T, B, reverse)
+    return [StepPlan(*row) for row in table.tolist()]
 
 
 def processing_order(T: int, reverse: bool) -> range:
