@@ -50,7 +50,8 @@ class FusedLSTMCell(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
-                + f", backend={self.backend!r}")
+                + f", backend={self.backend!r}"
+                + backends.module_note(self.backend, self.weight_ih, "cell", self.hidden_size, 0))
 
     @classmethod
     def from_lstm_cell(cls, cell: nn.LSTMCell, backend: str = "auto") -> "FusedLSTMCell":
@@ -110,9 +111,9 @@ class FusedLSTMCell(nn.Module):
             if not autocast:
                 check_hidden_dtype(x, (h, c))
         check_same_device(x, weights[0], () if hx is None else (h, c))
-        backend = backends.resolve(self.backend, x.device)
+        dtype = torch.get_autocast_dtype(device_type) if autocast else x.dtype
+        backend = backends.resolve(self.backend, x.device, "cell", dtype, self.hidden_size, 0, batch)
         if autocast:
-            dtype = torch.get_autocast_dtype(device_type)
             with torch.autocast(device_type, enabled=False):
                 weights = tuple(w.to(dtype) if w is not None else None for w in weights)
                 h_next, c_next = self._step(backend, x.to(dtype), h.to(dtype), c.to(dtype), *weights)

@@ -141,7 +141,9 @@ class FusedLSTM(nn.Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
-        return s + f", backend={self.backend!r}"
+        return (s + f", backend={self.backend!r}"
+                + backends.module_note(self.backend, self.weight_ih_l0, "layer", self.hidden_size,
+                                       self.proj_size))
 
     # --- conversion to and from nn.LSTM ---------------------------------------------------
 
@@ -262,8 +264,9 @@ class FusedLSTM(nn.Module):
                     dtype: torch.dtype):
         """x: time-major [T, B, I] or packed [N, I] -> output [.., D*P], h_n, c_n,
         computed in `dtype` (the parameters are cast, differentiably, if they differ)."""
-        backend = backends.resolve(self.backend, x.device)
         h0, c0 = hx
+        backend = backends.resolve(self.backend, x.device, "layer", dtype, self.hidden_size,
+                                   self.proj_size, h0.size(1), batch_sizes is not None)
         lead = x.shape[:-1]
         h_n, c_n = [], []
         layer_input = x
