@@ -15,7 +15,9 @@ FUSEDLSTM_BACKEND, when set, replaces "auto" for modules created afterwards.
 Each backend offers `cell(gates, c_prev) -> (h, c)` and
 `layer(x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse) -> (output, h_n, c_n)`,
 both differentiable, and says which code its layer runs for given sizes
-(`layer_path`).
+(`layer_path`). The "cuda" backend also offers `step`, a whole inference step
+in one kernel launch (fusedlstm::lstm_cell_step), which FusedLSTMCell runs
+without gradients at batch <= STEP_MAX_BATCH.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ from .precision import float32_matmul_precision
 AUTO = "auto"
 ENV_VAR = "FUSEDLSTM_BACKEND"
 
+# The largest batch of a backend's `step`: the CUDA kernel's rows per pass
+# over the weights (kStepMaxRows, csrc/cuda/lstm_step_cuda.cuh); larger
+# batches would read the weights again, where cuBLAS GEMMs read them once.
+STEP_MAX_BATCH = 8
+
 def _one_path(H: int, P: int, dtype: torch.dtype) -> str:
     return "per-step"
 
@@ -49,6 +56,9 @@ class Backend:
     # (one launch per layer); a backend with several layer kernels says here
     # which one serves which sizes, and the measured choice keeps them apart.
     layer_path: Callable[[int, int, torch.dtype], str] = _one_path
+    # () -> the inference-only whole-step op (x, h, c, w_ih, w_hh, b_ih, b_hh)
+    # -> (h', c'), or None for a backend without one
+    step: Callable[[], Callable] | None = None
 
     def cell(self, gates, c_prev):
         return self.implementation().cell(gates, c_prev)
@@ -109,7 +119,7 @@ def _triton_unavailable(device_type: str) -> str | None:
 
 BACKENDS: dict[str, Backend] = {
     "cpu": Backend("cpu", _cpu_unavailable, lambda: ops.cpp),
-    "cuda": Backend("cuda", _cuda_unavailable, lambda: ops.cpp),
+    "cuda": Backend("cuda", _cuda_unavailable, lambda: ops.cpp, step=lambda: ops.cpp_step),
     "triton": Backend("triton", _triton_unavailable, lambda: _triton_ops().OPS,
                       layer_path=lambda H, P, dtype: _triton_ops().layer_implementation(H, P, dtype)),
     "reference": Backend("reference", lambda device_type: None,
@@ -240,6 +250,8 @@ def implementation(name: str, q: choice.Query) -> str:
     """The code backend `name` runs for `q`, in words."""
     backend = BACKENDS[name]
     if q.op == "cell":
+        if backend.step is not None and q.batch <= STEP_MAX_BATCH:
+            return "one launch per step without gradients, else two GEMMs and a fused cell kernel"
         return "two GEMMs and a fused cell kernel per step"
     path = backend.layer_path(q.hidden, q.proj or q.hidden, DTYPE_OF[q.dtype])
     return PATH_WORDS.get(path, path)

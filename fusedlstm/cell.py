@@ -1,7 +1,9 @@
 """FusedLSTMCell: torch.nn.LSTMCell's interface on the fused cell kernel.
 
 One step at a time (e.g. generating text character by character): the two
-projections are GEMMs and the gate math plus cell update is one fused op.
+projections are GEMMs and the gate math plus cell update is one fused op. On
+the CUDA backend, a step that needs no gradient at batch <= 8 is instead one
+kernel launch for everything (fusedlstm::lstm_cell_step).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from torch import Tensor, nn
 
 from . import backends
 from .lstm import check_hidden_dtype, check_same_device, check_size
+from .ops import needs_grad
 
 
 class FusedLSTMCell(nn.Module):
@@ -125,6 +128,11 @@ class FusedLSTMCell(nn.Module):
 
     @staticmethod
     def _step(backend, x, h, c, w_ih, w_hh, b_ih, b_hh) -> tuple[Tensor, Tensor]:
-        """x [B, I], h, c [B, H]; w_ih [4H, I], w_hh [4H, H], b_* [4H] or None -> h', c'."""
+        """x [B, I], h, c [B, H]; w_ih [4H, I], w_hh [4H, H], b_* [4H] or None -> h', c'.
+        Without gradients at small batch, the backend's whole step in one
+        launch if it has one; else two GEMMs and the fused cell op."""
+        if (backend.step is not None and x.size(0) <= backends.STEP_MAX_BATCH
+                and not needs_grad(x, h, c, w_ih, w_hh, b_ih, b_hh)):
+            return backend.step()(x, h, c, w_ih, w_hh, b_ih, b_hh)
         gates = torch.addmm(b_ih + b_hh, x, w_ih.t()) if b_ih is not None else x @ w_ih.t()
         return backend.cell(gates.addmm_(h, w_hh.t()), c)

@@ -68,6 +68,44 @@ inline CellShape check_cell_bwd_args(const at::Tensor& grad_h, const at::Tensor&
   return s;
 }
 
+// Sizes of a whole cell step (lstm_cell_step): batch, input and hidden size.
+struct StepShape {
+  int64_t B, I, H;
+};
+
+inline StepShape check_cell_step_args(const at::Tensor& x, const at::Tensor& h,
+                                      const at::Tensor& c, const at::Tensor& w_ih,
+                                      const at::Tensor& w_hh,
+                                      const std::optional<at::Tensor>& b_ih_opt,
+                                      const std::optional<at::Tensor>& b_hh_opt) {
+  FUSEDLSTM_CHECK_DIM(x, 2);
+  FUSEDLSTM_CHECK_DIM(h, 2);
+  FUSEDLSTM_CHECK_DIM(c, 2);
+  FUSEDLSTM_CHECK_DIM(w_ih, 2);
+  FUSEDLSTM_CHECK_DIM(w_hh, 2);
+  check_floating(x, "x");
+  FUSEDLSTM_CHECK_LIKE(h, x);
+  FUSEDLSTM_CHECK_LIKE(c, x);
+  FUSEDLSTM_CHECK_LIKE(w_ih, x);
+  FUSEDLSTM_CHECK_LIKE(w_hh, x);
+  const int64_t B = x.size(0), I = x.size(1), H = h.size(1);
+  FUSEDLSTM_CHECK_SHAPE(h, B, H);
+  FUSEDLSTM_CHECK_SHAPE(c, B, H);
+  FUSEDLSTM_CHECK_SHAPE(w_ih, 4 * H, I);
+  FUSEDLSTM_CHECK_SHAPE(w_hh, 4 * H, H);
+  if (b_ih_opt.has_value()) {
+    const at::Tensor& b_ih = *b_ih_opt;
+    FUSEDLSTM_CHECK_LIKE(b_ih, x);
+    FUSEDLSTM_CHECK_SHAPE(b_ih, 4 * H);
+  }
+  if (b_hh_opt.has_value()) {
+    const at::Tensor& b_hh = *b_hh_opt;
+    FUSEDLSTM_CHECK_LIKE(b_hh, x);
+    FUSEDLSTM_CHECK_SHAPE(b_hh, 4 * H);
+  }
+  return {B, I, H};
+}
+
 // Where every step of one layer lives. Per-step tensors are viewed as 2-D,
 // [rows, *]: rows of step t start at row offset[t] and step t has
 // batch_sizes[t] of them (dense input: B rows at offset t * B).
