@@ -69,7 +69,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .gate_math import gates_backward, gates_forward, load_gates, store_gates
-from .launch import dot_dtype, math_dtype, wrap_triton
+from .launch import dot_dtype, dot_precision, math_dtype, wrap_triton
 from .persistent import BLOCK_B, batch_rows, previous_rows
 from .steps import Steps, weight_gradients
 
@@ -113,7 +113,7 @@ def _lstm_streamed_fwd_kernel(
     sizes_ptr, offsets_ptr,                # int32 [T] (PACKED)
     T, B, H, P,
     HAS_PROJ: tl.constexpr, PACKED: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
-    MATH: tl.constexpr, DOT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
+    MATH: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)   # batch rows [BB]
@@ -148,10 +148,10 @@ def _lstm_streamed_fwd_kernel(
                 w_at = j[:, None] * P + q[None, :]
                 wm = jm[:, None] & qm[None, :]
                 w_i, w_f, w_g, w_o = load_gates(w_hh_ptr, w_at, H * P, wm, DOT)
-                acc_i = tl.dot(w_i, h, acc=acc_i, input_precision="ieee")
-                acc_f = tl.dot(w_f, h, acc=acc_f, input_precision="ieee")
-                acc_g = tl.dot(w_g, h, acc=acc_g, input_precision="ieee")
-                acc_o = tl.dot(w_o, h, acc=acc_o, input_precision="ieee")
+                acc_i = tl.dot(w_i, h, acc=acc_i, input_precision=PRECISION)
+                acc_f = tl.dot(w_f, h, acc=acc_f, input_precision=PRECISION)
+                acc_g = tl.dot(w_g, h, acc=acc_g, input_precision=PRECISION)
+                acc_o = tl.dot(w_o, h, acc=acc_o, input_precision=PRECISION)
             state = b[None, :] * H + j[:, None]
             c_prev = tl.load(c_buf_ptr + state, mask=jm[:, None] & in_batch[None, :], other=0.0)
             i, f, g, o, c_new, h_new = gates_forward(acc_i, acc_f, acc_g, acc_o, c_prev)
@@ -179,7 +179,7 @@ def _lstm_streamed_fwd_kernel(
                                     mask=qm[:, None] & active[None, :], other=0.0).to(DOT)
                     w_r = tl.load(w_hr_ptr + p[:, None] * H + q[None, :], mask=pm[:, None] & qm[None, :],
                                   other=0.0).to(DOT)
-                    acc = tl.dot(w_r, h_raw, acc=acc, input_precision="ieee")
+                    acc = tl.dot(w_r, h_raw, acc=acc, input_precision=PRECISION)
                 tl.store(out_ptr + row[None, :] * P + p[:, None], acc.to(out_ty),
                          mask=pm[:, None] & active[None, :])
                 carry(h_src, h_dst, b[None, :] * P + p[:, None], pm[:, None] & in_batch[None, :], active,
@@ -198,7 +198,7 @@ def _lstm_streamed_bwd_kernel(
     T, B, H, P,
     HAS_GO: tl.constexpr, HAS_DH_N: tl.constexpr, HAS_DC_N: tl.constexpr, HAS_PROJ: tl.constexpr,
     PACKED: tl.constexpr, REVERSE: tl.constexpr,
-    MATH: tl.constexpr, DOT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
+    MATH: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -240,7 +240,7 @@ def _lstm_streamed_bwd_kernel(
                                 other=0.0).to(DOT)
                     w_rt = tl.load(w_hr_ptr + q[None, :] * H + j[:, None], mask=jm[:, None] & qm[None, :],
                                    other=0.0).to(DOT)         # W_hr^T chunk [BJ, BK]
-                    dh = tl.dot(w_rt, d, acc=dh, input_precision="ieee")
+                    dh = tl.dot(w_rt, d, acc=dh, input_precision=PRECISION)
             else:
                 dh = tl.load(dh_src + b[None, :] * P + j[:, None], mask=mh, other=0.0)
                 if HAS_GO:
@@ -274,7 +274,7 @@ def _lstm_streamed_bwd_kernel(
                 for gate_index in tl.static_range(4):
                     acc = tl.dot(tl.load(w_hh_ptr + gate_index * H * P + wt_at, mask=wt_mask, other=0.0).to(DOT),
                                  tl.load(grad_x_ptr + gate_index * H + d_at, mask=d_mask, other=0.0).to(DOT),
-                                 acc=acc, input_precision="ieee")
+                                 acc=acc, input_precision=PRECISION)
             carry(dh_src, dh_dst, b[None, :] * P + p[:, None], pm[:, None] & in_batch[None, :], active, acc)
         tl.debug_barrier()                                     # dL/dh_{t-1} complete
 
@@ -309,7 +309,7 @@ def lstm_streamed_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr
             h_raw, h0.contiguous(), c0.contiguous(), h_buf, c_buf,
             steps.sizes, steps.offsets, steps.T, B, H, P,
             HAS_PROJ=w_hr is not None, PACKED=steps.packed, REVERSE=steps.reverse,
-            SAVE=save_for_backward, MATH=math_dtype(x.dtype),
+            SAVE=save_for_backward, MATH=math_dtype(x.dtype), PRECISION=dot_precision(x.dtype),
             DOT=dot_dtype(x.dtype, _lstm_streamed_fwd_kernel), BLOCK_B=BLOCK_B, BLOCK_J=BLOCK_J,
             BLOCK_K=BLOCK_K)
     h_n = h_buf.view(2, B, P)[steps.T % 2].clone()
@@ -330,6 +330,7 @@ def lstm_streamed_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_
     # As in the forward, set by the kernel: from grad_h_n and grad_c_n, or zeros.
     dh_buf = acts.new_empty(2 * B, P, dtype=state)
     dc_buf = acts.new_empty(B, H, dtype=state)
+    precision = dot_precision(acts.dtype)
     if B > 0:
         wrap_triton(_lstm_streamed_bwd_kernel)[(triton.cdiv(B, BLOCK_B),)](
             grad_output.contiguous() if grad_output is not None else None,
@@ -340,9 +341,13 @@ def lstm_streamed_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_
             steps.sizes, steps.offsets, steps.T, B, H, P,
             HAS_GO=grad_output is not None, HAS_DH_N=grad_h_n is not None,
             HAS_DC_N=grad_c_n is not None, HAS_PROJ=w_hr is not None, PACKED=steps.packed,
-            REVERSE=steps.reverse, MATH=math_dtype(acts.dtype),
+            REVERSE=steps.reverse, MATH=math_dtype(acts.dtype), PRECISION=precision,
             DOT=dot_dtype(acts.dtype, _lstm_streamed_bwd_kernel), BLOCK_B=BLOCK_B, BLOCK_J=BLOCK_J,
-            BLOCK_K=BLOCK_K)
+            BLOCK_K=BLOCK_K,
+            # TF32 operands take more shared memory per pipeline stage: at Triton's
+            # default 3 stages this kernel needs 246,784 bytes, over sm_90's 232,448;
+            # at 2, 164,864 (ptxas via budget.py, Triton 3.8, float32, 2026-11-29).
+            num_stages=2 if precision == "tf32" else 3)
     grad_h0 = dh_buf.view(2, B, P)[steps.T % 2].to(h0.dtype, copy=True)
     grad_w_hh, grad_w_hr = weight_gradients(steps, grad_x, output, h0, h_raw, dh_out)
     return grad_x, grad_w_hh, grad_h0, dc_buf.to(c0.dtype), grad_w_hr
