@@ -3,7 +3,8 @@
 # Python 3.12, no network): build the CUDA kernels for sm_90, run the whole
 # test suite (CUDA tests included), benchmark fp32 and bf16 with
 # `fusedlstm bench --device cuda`, list the kernels of three float32 cases
-# (benchmarks/profile_kernels.py), and print the combined short table last.
+# (benchmarks/profile_kernels.py), and print the combined short table and
+# backend="auto"'s choice table made from this run (benchmarks/make_choice_table.py) last.
 #
 #   [FUSEDLSTM_COMMIT=<hash>] bash benchmarks/device_check.sh [RESULTS_DIR]
 #
@@ -165,6 +166,10 @@ main() {
   echo
   if [ "${#saved[@]}" -gt 0 ]; then
     "$PYTHON" -m fusedlstm bench-table --short "${saved[@]}" || FAILED+=("bench-table")
+    echo
+    echo "=== backend=\"auto\"'s choice table from this run (copy results.json into results/gpu/ and"
+    echo "=== run benchmarks/make_choice_table.py to make it the package's)"
+    "$PYTHON" "$ROOT/benchmarks/make_choice_table.py" "${saved[@]}" --out /dev/stdout || FAILED+=("choice table")
   else
     echo "no benchmark results were saved"
   fi

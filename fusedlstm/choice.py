@@ -35,9 +35,9 @@ then smallest batch) decides: its fastest usable backend.
 
 No covering point (another GPU architecture, a projection, TF32, sizes
 above every measured one): DEFAULT, "cuda" first. On every recorded H200
-case the CUDA backend took 0.72x-1.62x cuDNN's forward+backward time, but
+case the CUDA backend took 0.76x-1.62x cuDNN's forward+backward time, but
 for one shape where the Triton backend was slow too (float32, H=128: 19x,
-Triton 16x), while the Triton backend ranged from 0.21x to 10.3x; the
+Triton 16x), while the Triton backend ranged from 0.21x to 16x; the
 Triton kernels' on-chip sizes were fitted to sm_90's shared memory (ptxas,
 fusedlstm/triton/persistent.py) and may not fit other GPUs; and a Triton
 kernel compiles on its first call. So where nothing was measured, the
