@@ -31,7 +31,10 @@ one-launch Triton kernels do less work per step (and one program serves up
 to 16 rows), while the CUDA backend's per-step launches cost about the
 same at these sizes (H200, bfloat16, H=256: 34.1 ms at B=1 and 38.7 ms at
 B=8 for 1000 steps). Of the covering points the nearest (smallest hidden,
-then smallest batch) decides: its fastest usable backend.
+then smallest batch) decides: its fastest usable backend. For cells the
+point picks the backend only (a cell step's code does not change with H);
+which code the CUDA backend then runs for a step (its one-launch step
+without gradients at small batch) is its own choice (backends.implementation).
 
 No covering point (another GPU architecture, a projection, TF32, sizes
 above every measured one): DEFAULT, "cuda" first. On every recorded H200
@@ -75,7 +78,7 @@ class Query:
         return (f"{self.op} {self.arch or 'unknown GPU'} {self.dtype}"
                 + (f" ({self.precision})" if self.precision else "")
                 + f" H={self.hidden}" + (f" P={self.proj}" if self.proj else "")
-                + f" B={self.batch} {'packed' if self.packed else 'dense'}")
+                + f" B={self.batch}" + ("" if self.op == "cell" else " packed" if self.packed else " dense"))
 
 
 @dataclass(frozen=True)
