@@ -139,6 +139,7 @@ def register(backend: Backend) -> None:
     """Add a backend, or replace one of the same name."""
     BACKENDS[backend.name] = backend
     _usable_cache.clear()
+    _choices.clear()
 
 
 def available_backends(device="cpu") -> list[str]:
@@ -213,6 +214,27 @@ def auto_choice(q: choice.Query, usable: tuple[str, ...] | None = None) -> choic
     return choice.choose(q, _usable("cuda") if usable is None else usable, MEASURED)
 
 
+_choices: dict[tuple, Backend] = {}  # auto_choice's answers by work, for eager calls
+
+
+def _auto_on_cuda(index: int | None, op: str, dtype: torch.dtype, hidden: int, proj: int, batch: int,
+                  packed: bool) -> Backend:
+    """What "auto" runs for this work on CUDA device `index`. Eager calls look
+    it up (building the choice costs ~10 us, a lookup ~1 us); traced ones build
+    it, since the batch may be symbolic there, and the graph keeps it."""
+    precision = float32_matmul_precision() if dtype == torch.float32 else ""
+    if torch.compiler.is_compiling():
+        return BACKENDS[auto_choice(query(gpu_arch(index), op, dtype, hidden, proj, batch, packed)).backend]
+    key = (index, op, dtype, precision, hidden, proj, batch, packed)
+    backend = _choices.get(key)
+    if backend is None:
+        if len(_choices) >= 4096:  # many batch sizes: start afresh rather than grow
+            _choices.clear()
+        q = query(gpu_arch(index), op, dtype, hidden, proj, batch, packed)
+        backend = _choices[key] = BACKENDS[auto_choice(q).backend]
+    return backend
+
+
 def resolve(name: str, device: torch.device, op: str = "layer", dtype: torch.dtype | None = None,
             hidden: int = 0, proj: int = 0, batch: int = 0, packed: bool = False) -> Backend:
     """The backend to run for tensors on `device`; a clear error if unusable.
@@ -223,8 +245,7 @@ def resolve(name: str, device: torch.device, op: str = "layer", dtype: torch.dty
         if device_type == "cuda":
             if dtype is None:
                 return BACKENDS[choice.default(_usable("cuda"))]
-            q = query(gpu_arch(device.index), op, dtype, hidden, proj, batch, packed)
-            return BACKENDS[auto_choice(q).backend]
+            return _auto_on_cuda(device.index, op, dtype, hidden, proj, batch, packed)
         for candidate in _AUTO_ORDER.get(device_type, ("reference",)):
             backend = BACKENDS.get(candidate)
             if backend is not None and backend.unavailable(device_type) is None:

@@ -139,8 +139,20 @@ def test_table_paths_are_the_backends_paths_now():
 # --- how modules and the CLI use it ----------------------------------------------------------
 
 def pretend_gpu(monkeypatch, arch="sm_90", usable=ALL):
+    """CUDA tensors' queries answered as on a GPU of `arch` with `usable` backends."""
     monkeypatch.setattr(backends, "gpu_arch", lambda index: arch)
     monkeypatch.setattr(backends, "_usable", lambda device_type: usable)
+    monkeypatch.setattr(backends, "_choices", {})  # answers for another GPU
+
+
+def test_eager_choices_are_looked_up_once_per_work(monkeypatch):
+    pretend_gpu(monkeypatch)
+    calls = []
+    monkeypatch.setattr(backends, "auto_choice", lambda q: calls.append(q) or choice.Choice("triton", None))
+    for _ in range(3):
+        assert backends.resolve("auto", torch.device("cuda"), "layer", torch.bfloat16, 128, 0, 8).name == "triton"
+    backends.resolve("auto", torch.device("cuda"), "layer", torch.bfloat16, 128, 0, 9)
+    assert [q.batch for q in calls] == [8, 9]
 
 
 @pytest.mark.parametrize("arch,hidden,batch,packed,expected", [
@@ -159,6 +171,7 @@ def test_choice_traces_into_compiled_graphs(monkeypatch, dynamic):
     setting as constants), guarded on the batch like the eager choice."""
     monkeypatch.setattr(backends, "gpu_arch", torch.compiler.assume_constant_result(lambda index: "sm_90"))
     monkeypatch.setattr(backends, "_usable", torch.compiler.assume_constant_result(lambda device_type: ALL))
+    monkeypatch.setattr(backends, "_choices", {})
     cuda = torch.device("cuda")
 
     def forward(x):
