@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 from . import _extension, choice, choice_table, ops, reference
-from .precision import float32_matmul_precision
+from .precision import constant_when_traced, float32_matmul_precision
 
 AUTO = "auto"
 ENV_VAR = "FUSEDLSTM_BACKEND"
@@ -173,7 +173,7 @@ def module_setting(name: str) -> str:
     return setting
 
 
-@torch.compiler.assume_constant_result  # read at trace time: availability is fixed in a process
+@constant_when_traced  # read at trace time: availability is fixed in a process
 def _usable(device_type: str) -> tuple[str, ...]:
     """available_backends(device_type), found once per process (for CUDA this
     imports triton, outside any traced forward)."""
@@ -189,7 +189,7 @@ DTYPE_OF = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torc
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPE_OF.items()}
 
 
-@torch.compiler.assume_constant_result
+@constant_when_traced
 def gpu_arch(index: int | None) -> str:
     """"sm_90" for a GPU of compute capability (9, 0); queried once per device, on first use."""
     index = torch.cuda.current_device() if index is None else index

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import torch
 
+def constant_when_traced(fn):
+    """torch.compiler.assume_constant_result(fn) without its import of
+    torch._dynamo (5.5 s, and triton with it, at `import fusedlstm`): the mark
+    it sets. torch.compile then calls fn at trace time and keeps the result
+    as a constant of the graph, instead of tracing into the C++ getters."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 # torch >= 2.9 keeps one setting per backend and op, which
 # torch.backends.cuda.matmul.fp32_precision reads through a module __getattr__
 # (5.6 us a call here, against 0.13 us for the getter it calls); older torch
@@ -11,7 +20,7 @@ import torch
 _precision_getter = getattr(torch._C, "_get_fp32_precision_getter", None)
 
 
-@torch.compiler.assume_constant_result  # a setting read at trace time, not a traced op
+@constant_when_traced  # a setting read at trace time, not a traced op
 def float32_matmul_precision() -> str:
     """"tf32" when torch lets float32 matmuls on CUDA round their inputs to TF32
     (torch.backends.cuda.matmul.fp32_precision = "tf32", which

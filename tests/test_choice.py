@@ -164,8 +164,9 @@ def test_resolve_passes_the_work_to_the_choice(monkeypatch, arch, hidden, batch,
     assert got.name == expected
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "f32"])
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
-def test_choice_traces_into_compiled_graphs(monkeypatch, dynamic):
+def test_choice_traces_into_compiled_graphs(monkeypatch, dynamic, dtype):
     """torch.compile(fullgraph=True) of a forward on CUDA tensors runs the choice
     at trace time (the GPU's architecture, the usable backends and the precision
     setting as constants), guarded on the batch like the eager choice."""
@@ -175,13 +176,13 @@ def test_choice_traces_into_compiled_graphs(monkeypatch, dynamic):
     cuda = torch.device("cuda")
 
     def forward(x):
-        picked = backends.resolve("auto", cuda, "layer", x.dtype, 128, 0, x.size(0), False)
+        picked = backends.resolve("auto", cuda, "layer", x.dtype, 128, 0, x.size(0), False)  # f32: ieee
         return x * 3 if picked.name == "triton" else x + 1
 
     torch._dynamo.reset()
     compiled = torch.compile(forward, fullgraph=True, backend="eager", dynamic=dynamic)
     for batch, expected in ((4, 3.0), (8, 3.0), (9, 2.0), (16, 2.0)):  # triton up to batch 8
-        assert compiled(torch.ones(batch, 2, dtype=torch.bfloat16))[0, 0].item() == expected
+        assert compiled(torch.ones(batch, 2, dtype=dtype))[0, 0].item() == expected
 
 
 def test_auto_summary_says_what_runs_at_each_batch():
