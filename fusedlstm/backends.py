@@ -307,9 +307,11 @@ def auto_summary(q: choice.Query, usable: tuple[str, ...] | None = None) -> str:
 
 
 def module_note(setting: str, weight: torch.Tensor, op: str, hidden: int, proj: int) -> str:
-    """For a module's repr: what "auto" runs for its CUDA parameters, by batch
-    (empty for other settings and devices)."""
+    """For a module's repr: what "auto" runs for its CUDA parameters, by batch,
+    and the command that says why (empty for other settings and devices)."""
     if setting != AUTO or weight.device.type != "cuda":
         return ""
     q = query(gpu_arch(weight.device.index), op, weight.dtype, hidden, proj, 1, False)
-    return f" ({q.arch} {q.dtype}{' ' + q.precision if q.precision else ''}: {auto_summary(q)})"
+    ask = (f"fusedlstm info --hidden-size {hidden}" + (f" --proj-size {proj}" if proj else "")
+           + f" --dtype {q.dtype} --batch B" + (" --cell" if op == "cell" else ""))
+    return f" ({q.arch} {q.dtype}{' ' + q.precision if q.precision else ''}: {auto_summary(q)}; why: {ask})"

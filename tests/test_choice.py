@@ -6,6 +6,7 @@ last test checks a module's choice on a GPU."""
 
 import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -190,6 +191,16 @@ def test_auto_summary_says_what_runs_at_each_batch():
     assert backends.auto_summary(q, ALL) == "dense: triton for batch <= 32, else cuda; packed: cuda"
     assert backends.auto_summary(query(512, 1), ALL) == "cuda"
     assert backends.auto_summary(query(256, 1, op="cell"), ALL) == "cuda"
+
+
+def test_module_repr_says_what_auto_runs_by_batch_and_how_to_ask_why(monkeypatch):
+    pretend_gpu(monkeypatch)
+    weight = SimpleNamespace(device=torch.device("cuda"), dtype=torch.bfloat16)  # a CUDA parameter's
+    assert backends.module_note("auto", weight, "layer", 256, 0) == (
+        " (sm_90 bfloat16: dense: triton for batch <= 32, else cuda; packed: cuda; "
+        "why: fusedlstm info --hidden-size 256 --dtype bfloat16 --batch B)")
+    assert backends.module_note("cuda", weight, "layer", 256, 0) == ""  # named, not chosen
+    assert backends.module_note("auto", torch.empty(1), "layer", 256, 0) == ""  # CPU: the cpu backend
 
 
 def test_info_explains_the_choice_for_given_work(capsys):
