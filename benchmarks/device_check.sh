@@ -12,7 +12,7 @@
 # default $OUT when set, else ./device-results. FUSEDLSTM_COMMIT names the
 # commit in results.json where the copied tree has no .git.
 #
-# Written to RESULTS_DIR (8 files, the most the device tool brings back):
+# Written to RESULTS_DIR (8 files):
 #   log.txt                                  everything printed, every phase
 #   junit.xml                                the GPU tests' results (the others': in log.txt)
 #   tests.txt                                one line per test as it ends, both test phases
@@ -26,20 +26,21 @@
 # and makes the exit status 1.
 #
 # Time budget: under 8 minutes at worst. Each phase has its own timeout;
-# their sum with the 5 s grace of each (475 s) is the worst case. Times seen
-# on the H200 (2026-11-28, torch 2.11, third run, commit 62c5e73):
+# their sum with the 5 s grace of each (475 s) is the worst case. The
+# timeouts follow the times measured on the H200 (2026-11-28, torch 2.11,
+# commit 62c5e73):
 #   environment report        7 s       (timeout 12 s)
 #   build, sm_90, 16 jobs     34 s      (timeout 45 s)
 #   fusedlstm info            9 s: a first import of torch._inductor (timeout 12 s)
-#   GPU tests (-m cuda)       over 125 s with 12 workers, ~970 tests, the compile tests
-#                             last then (timeout 160 s; first: only a GPU runs them)
+#   GPU tests (-m cuda)       over 125 s with 12 workers, ~970 tests (timeout 160 s;
+#                             first: only a GPU runs them)
 #   CPU tests (the rest)      over 65 s with 12 workers (timeout 85 s; CI runs these too)
 #   bench float32             55 s for all 22 cases at 0.1 s per case (timeout 60 s)
 #   bench bfloat16            38 s (timeout 43 s)
-#   kernel profile            not yet run (timeout 18 s): benchmarks/profile_kernels.py on
+#   kernel profile            not measured (timeout 18 s): benchmarks/profile_kernels.py on
 #                             small-h128, small-b8 and fastrnns in float32, nn.LSTM and the
-#                             CUDA backend: which kernels make our 84 ms at H=128 (third
-#                             run), and how busy the GPU is
+#                             CUDA backend: which kernels make the CUDA backend's 84 ms at
+#                             small-h128 (benchmarks/RESULTS.md), and how busy the GPU is
 # tests/conftest.py starts the tests marked slow first, so that no long test
 # starts last.
 # A timeout sends SIGINT first, so that pytest can still write its summary and
@@ -128,7 +129,7 @@ bench() {  # bench DTYPE DIR (float32: cuDNN and cuBLAS both without TF32)
   "$PYTHON" -m fusedlstm bench --device cuda --dtype "$1" --out "$RESULTS/$2" \
     --budget "$BENCH_BUDGET" --warmup 3 --tf32 off --no-progress
   local status=$?
-  rm -f "$RESULTS/$2/table.md"  # printed above, into log.txt: one file fewer than the device tool's 8
+  rm -f "$RESULTS/$2/table.md"  # printed above, into log.txt
   return "$status"
 }
 

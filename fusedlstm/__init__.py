@@ -9,6 +9,7 @@ torch.nn.LSTM, and a character-level language model built on them.
 from .backends import available_backends
 from .cell import FusedLSTMCell
 from .lstm import FusedLSTM
+from .ops import double_backward
 
-__all__ = ["FusedLSTM", "FusedLSTMCell", "available_backends"]
+__all__ = ["FusedLSTM", "FusedLSTMCell", "available_backends", "double_backward"]
 __version__ = "0.1.0"

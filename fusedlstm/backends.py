@@ -12,6 +12,7 @@
                  "cuda", "triton", "reference" in that order (fusedlstm.choice)
 
 FUSEDLSTM_BACKEND, when set, replaces "auto" for modules created afterwards.
+Meta tensors (shapes only) run through the ops' fake rules whatever the backend.
 Each backend offers `cell(gates, c_prev) -> (h, c)` and
 `layer(x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse) -> (output, h_n, c_n)`,
 both differentiable, and says which code its layer runs for given sizes
@@ -125,6 +126,11 @@ BACKENDS: dict[str, Backend] = {
     "reference": Backend("reference", lambda device_type: None,
                          lambda: SimpleNamespace(cell=reference.lstm_cell, layer=reference.lstm_layer)),
 }
+
+# Meta tensors (shapes without data, as nn.LSTM takes them) go through the C++ ops'
+# fake rules whatever the backend, or the reference where the extension is not built.
+SHAPES_ONLY = Backend("meta", lambda device_type: None,
+                      lambda: ops.cpp or BACKENDS["reference"].implementation())
 
 # Preference order of "auto" for CPU tensors and for other non-CUDA devices.
 _AUTO_ORDER = {"cpu": ("cpu", "reference")}
@@ -241,6 +247,8 @@ def resolve(name: str, device: torch.device, op: str = "layer", dtype: torch.dty
     For "auto" on CUDA tensors the work (op, dtype, sizes, batch, packed)
     picks it (auto_choice); without a dtype, choice.DEFAULT's order does."""
     device_type = device.type
+    if device_type == "meta":
+        return SHAPES_ONLY
     if name == AUTO:
         if device_type == "cuda":
             if dtype is None:

@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from . import backends
-from .lstm import check_hidden_dtype, check_same_device, check_size
+from .checks import check_hidden_dtype, check_same_device, check_size
+from .lstm import autocast_enabled
 from .ops import needs_grad
 
 
@@ -87,7 +88,7 @@ class FusedLSTMCell(nn.Module):
         params = self._parameters
         weights = (params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"])
         # Under autocast everything runs in autocast's dtype.
-        autocast = torch.is_autocast_enabled(device_type)
+        autocast = autocast_enabled(device_type)
         if x.dtype != weights[0].dtype and not (autocast and x.is_floating_point()):
             raise ValueError(f"LSTMCell input dtype ({x.dtype}) does not match weight dtype "
                              f"({weights[0].dtype})")

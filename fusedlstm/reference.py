@@ -11,7 +11,8 @@ N = sum(batch_sizes) and the rows of each step contiguous (PackedSequence's
 layout); step t involves only the first batch_sizes[t] sequences.
 
 As in every backend, float16 and bfloat16 data is computed in float32 and
-the results rounded back.
+the results rounded back, and the arguments are checked first, by
+fusedlstm.checks (the C++ ops' rules and messages).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import functools
 
 import torch
 from torch import Tensor
+
+from . import checks
 
 _REDUCED = (torch.float16, torch.bfloat16)
 
@@ -39,6 +42,32 @@ def _in_float32(fn):
     return wrapper
 
 
+def _checked_by(check):
+    """Run check(*args, **kwargs) (it raises on bad arguments), then fn."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            check(*args, **kwargs)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def _check_layer_fwd_args(x_proj, w_hh, h0, c0, w_hr=None, batch_sizes=None, reverse=False,
+                          save_for_backward=True):
+    checks.check_layer_args(x_proj, w_hh, h0, c0, w_hr, batch_sizes)
+
+
+def _check_layer_bwd_args(grad_output, grad_h_n, grad_c_n, w_hh, h0, c0, w_hr, batch_sizes, reverse,
+                          output, acts, cells, h_raw):
+    checks.check_layer_bwd_args(grad_output, grad_h_n, grad_c_n, w_hh, h0, c0, w_hr, batch_sizes,
+                                output, acts, cells, h_raw)
+
+
+@_checked_by(checks.check_cell_fwd_args)
 @_in_float32
 def lstm_cell_fwd(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """gates: [B, 4H] pre-activations (order i, f, g, o), c_prev: [B, H]
@@ -50,6 +79,7 @@ def lstm_cell_fwd(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor, Tensor
     return h, c, torch.cat([i, f, g, o], dim=1)
 
 
+@_checked_by(checks.check_cell_bwd_args)
 @_in_float32
 def lstm_cell_bwd(grad_h: Tensor, grad_c: Tensor, act: Tensor, c_prev: Tensor,
                   c: Tensor) -> tuple[Tensor, Tensor]:
@@ -96,6 +126,7 @@ class _Steps:
         return prev, min(self.sizes[prev], self.sizes[self.order[k]])
 
 
+@_checked_by(_check_layer_fwd_args)
 @_in_float32
 def lstm_layer_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Tensor | None = None,
                    batch_sizes: Tensor | None = None, reverse: bool = False,
@@ -127,6 +158,7 @@ def lstm_layer_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: T
             steps.join(raws) if save_for_backward and w_hr is not None else empty)
 
 
+@_checked_by(_check_layer_bwd_args)
 @_in_float32
 def lstm_layer_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_c_n: Tensor | None,
                    w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Tensor | None,

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
-from fusedlstm import FusedLSTMCell, _extension, backends, ops
+from fusedlstm import FusedLSTMCell, _extension, backends, checks, ops
 from lstm_testing import assert_error_at_most_twice_pytorchs, device_params, skip_unless_usable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,16 +96,32 @@ def test_step_refuses_to_be_differentiated():
         h_next.sum().backward()
 
 
-@needs_cpp
-@pytest.mark.parametrize("name,bad,match", [
+BAD_STEP_ARGUMENTS = [
     ("w_hh", torch.zeros(16, 5, dtype=torch.float64), r"w_hh must have shape \[16, 4\], got \[16, 5\]"),
+    ("w_hh", torch.zeros(15, 4, dtype=torch.float64), r"w_hh must be \[4H, H\] with H > 0, got shape \[15, 4\]"),
+    ("x", torch.zeros(2, 5, dtype=torch.float64), r"x must have shape \[2, 3\], got \[2, 5\]"),
+    ("h", torch.zeros(3, 4, dtype=torch.float64), r"h must have shape \[2, 4\], got \[3, 4\]"),
     ("b_ih", torch.zeros(15, dtype=torch.float64), r"b_ih must have shape \[16\], got \[15\]"),
-    ("c", torch.zeros(2, 4), "c must have dtype Double like x, got Float"),
-], ids=["w_hh-shape", "b_ih-shape", "c-dtype"])
-def test_step_rejects_bad_arguments(name, bad, match):
-    args = dict(zip(("x", "h", "c", "w_ih", "w_hh", "b_ih", "b_hh"), step_args(2, 3, 4)))
-    with pytest.raises(RuntimeError, match=match):
-        ops.cpp_step(**(args | {name: bad}))
+    ("b_hh", torch.zeros(1, 16, dtype=torch.float64), "b_hh must be a 1-D tensor, got 2-D"),
+    ("c", torch.zeros(2, 4), "c must have dtype torch.float64 like x, got torch.float32"),
+    ("x", torch.zeros(2, 3, dtype=torch.int64), "x must be float32, float64, float16 or bfloat16, got torch.int64"),
+]
+
+
+@needs_cpp
+@pytest.mark.parametrize("name,bad,match", BAD_STEP_ARGUMENTS, ids=lambda v: v if isinstance(v, str) else "")
+def test_step_rejects_bad_arguments_as_the_python_checker_does(name, bad, match):
+    """The C++ op (checks.h), its fake rule and fusedlstm.checks give one message."""
+    args = dict(zip(("x", "h", "c", "w_ih", "w_hh", "b_ih", "b_hh"), step_args(2, 3, 4))) | {name: bad}
+    with pytest.raises(RuntimeError, match=match) as cpp:
+        ops.cpp_step(**args)
+    with pytest.raises(RuntimeError) as python:
+        checks.check_cell_step_args(**args)
+    with FakeTensorMode() as mode, pytest.raises(RuntimeError) as fake:
+        ops.cpp_step(**{k: mode.from_tensor(v) if v is not None else None for k, v in args.items()})
+    first_line = str(cpp.value).splitlines()[0]
+    assert str(python.value) == first_line
+    assert str(fake.value).splitlines()[0] == first_line
 
 
 def test_step_has_a_cuda_kernel_wherever_the_cuda_kernels_are_built():

@@ -423,8 +423,9 @@ def compile_kernels_for_sm90():
 
 @pytest.mark.slow
 def test_kernels_compile_for_sm90():
-    """Every Triton kernel compiles to machine code for the H200 and fits its shared
-    memory, checked without a GPU (the one lent to this project is rarely there)."""
+    """Every Triton kernel compiles to machine code for sm_90 (the H200) and fits its
+    shared memory, checked without a GPU, so that CI catches what only a GPU run
+    would otherwise show."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = "import test_triton; test_triton.compile_kernels_for_sm90()"
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env,
@@ -521,7 +522,7 @@ def test_gpu_within_twice_cudnn_error(on_cuda, dtype, T, B, I, H, proj, kind):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64-per-step", "f32-persistent"])
-@pytest.mark.parametrize("sample", list(opcheck_samples()))  # one test each: all in one ran past 100 s on the H200
+@pytest.mark.parametrize("sample", list(opcheck_samples()))  # one test each: all in one took over 100 s on an H200
 def test_gpu_full_opcheck(on_cuda, dtype, sample):
     op_name, args = opcheck_samples("cuda", dtype)[sample]
     torch.library.opcheck(TRITON_OPS[op_name], args)

@@ -6,7 +6,6 @@ second implementation independent of the C++/CUDA one.
     layer.py       a layer, one step at a time: addmm + cell kernel per step
     persistent.py  a layer in one launch: W_hh on chip, all steps in a loop
     steps.py       step layout on the device (packed <-> padded), weight gradients
-    checks.py      argument checks (messages as in checks.h)
     launch.py      wrap_triton across torch versions and the interpreter
     ops.py         the four ops as torch.library.triton_op, with autograd
     budget.py      ptxas register / shared-memory report of the persistent kernel

@@ -110,7 +110,7 @@ def _lstm_cell_bwd_kernel(
 def _tiles(B: int, H: int) -> tuple[int, int]:
     """(BLOCK_B, BLOCK_H): about 1024 units (4096 gates) per program, the
     whole row when H <= 128. Not tuned: no GPU measured this choice yet."""
-    block_h = min(triton.next_power_of_2(H), 128)
+    block_h = min(triton.next_power_of_2(max(H, 1)), 128)
     block_b = min(triton.next_power_of_2(max(B, 1)), max(1, 1024 // block_h))
     return block_b, block_h
 
@@ -131,7 +131,7 @@ def lstm_cell_fwd(gates: Tensor, c_prev: Tensor, *, out: tuple[Tensor, Tensor, T
                                              torch.empty_like(c_prev))
     n_ptr, step, on_device = _row_count(rows)
     block_b, block_h = _tiles(B, H)
-    if B > 0:
+    if B > 0 and H > 0:  # else there is nothing to compute
         grid = (triton.cdiv(B, block_b), triton.cdiv(H, block_h))
         wrap_triton(_lstm_cell_fwd_kernel)[grid](
             gates, c_prev, act, c, h, c_copy, h_copy, n_ptr, step, B, H,
@@ -154,7 +154,7 @@ def lstm_cell_bwd(grad_h: Tensor, grad_c: Tensor, act: Tensor, c_prev: Tensor, c
                                                            torch.empty_like(c_prev))
     n_ptr, step, on_device = _row_count(rows)
     block_b, block_h = _tiles(B, H)
-    if B > 0:
+    if B > 0 and H > 0:  # else there is nothing to compute
         grid = (triton.cdiv(B, block_b), triton.cdiv(H, block_h))
         wrap_triton(_lstm_cell_bwd_kernel)[grid](
             grad_h, grad_h_extra, grad_c, act, c_prev, c, grad_gates, grad_c_prev, n_ptr, step, B, H,

@@ -101,9 +101,8 @@ def weight_gradients(steps: Steps, grad_x: Tensor, output: Tensor, h0: Tensor, h
     (o * tanh(c), saved by the forward) and grad_out [.., P] (dL/d(projected
     h)) with a projection, all in the per-step layout; h0 [B, P].
     -> grad_w_hh [4H, P], grad_w_hr [P, H] (None without a projection)."""
-    G, P = grad_x.shape[-1], output.shape[-1]
-    h_prev = steps.previous(output, h0).reshape(-1, P)                 # [rows, P]
-    grad_w_hh = grad_x.reshape(-1, G).t().mm(h_prev)                   # [4H, P]
+    h_prev = steps.previous(output, h0).flatten(0, -2)                # [rows, P]
+    grad_w_hh = grad_x.flatten(0, -2).t().mm(h_prev)                   # [4H, P]
     if grad_out is None:
         return grad_w_hh, None
-    return grad_w_hh, grad_out.reshape(-1, P).t().mm(h_raw.reshape(-1, h_raw.shape[-1]))  # [P, H]
+    return grad_w_hh, grad_out.flatten(0, -2).t().mm(h_raw.flatten(0, -2))  # [P, H]
