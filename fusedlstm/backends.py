@@ -84,6 +84,11 @@ def _cuda_unavailable(device_type: str) -> str | None:
     return None
 
 
+def _plan_unavailable(device_type: str) -> str | None:
+    """Every backend's layer reads the layer plan, which fusedlstm._C builds."""
+    return None if _extension.loaded() else f"the layer plan needs fusedlstm._C: {_extension.load_error}"
+
+
 def _interpreter_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "off", "no")
 
@@ -108,6 +113,8 @@ def _triton_unavailable(device_type: str) -> str | None:
     if device_type == "cpu" and not _interpreter_requested():
         return ("the triton backend runs on CPU tensors only under the Triton interpreter: "
                 "set TRITON_INTERPRET=1 before fusedlstm.triton is imported")
+    if not _extension.loaded():
+        return _plan_unavailable(device_type)
     try:
         triton_ops = _triton_ops()
     except ImportError as exc:
@@ -123,7 +130,7 @@ BACKENDS: dict[str, Backend] = {
     "cuda": Backend("cuda", _cuda_unavailable, lambda: ops.cpp, step=lambda: ops.cpp_step),
     "triton": Backend("triton", _triton_unavailable, lambda: _triton_ops().OPS,
                       layer_path=lambda H, P, dtype: _triton_ops().layer_implementation(H, P, dtype)),
-    "reference": Backend("reference", lambda device_type: None,
+    "reference": Backend("reference", _plan_unavailable,
                          lambda: SimpleNamespace(cell=reference.lstm_cell, layer=reference.lstm_layer)),
 }
 

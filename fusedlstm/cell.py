@@ -13,9 +13,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-from . import backends
+from . import backends, export_onnx
 from .checks import check_hidden_dtype, check_same_device, check_size
-from .lstm import autocast_enabled
+from .layer import LayerWeights
+from .layer import run as run_layer
+from .lstm import autocast_enabled, refuse_torchscript
 from .ops import needs_grad
 
 
@@ -51,6 +53,8 @@ class FusedLSTMCell(nn.Module):
         bound = 1.0 / math.sqrt(self.hidden_size)
         for weight in self.parameters():
             nn.init.uniform_(weight, -bound, bound)
+
+    __prepare_scriptable__ = refuse_torchscript
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
@@ -115,6 +119,11 @@ class FusedLSTMCell(nn.Module):
             if not autocast:
                 check_hidden_dtype(x, (h, c))
         check_same_device(x, weights[0], () if hx is None else (h, c))
+        if (torch.jit.is_tracing() or torch.compiler.is_exporting()) and export_onnx.in_onnx_export():
+            # ONNX has no cell operator: the step is ONNX's LSTM over one step.
+            _, h_next, c_next = run_layer(x.unsqueeze(0), LayerWeights(*weights, None), h, c, None,
+                                          False, self.backend)
+            return (h_next, c_next) if is_batched else (h_next.squeeze(0), c_next.squeeze(0))
         dtype = torch.get_autocast_dtype(device_type) if autocast else x.dtype
         backend = backends.resolve(self.backend, x.device, "cell", dtype, self.hidden_size, 0, batch)
         if autocast:

@@ -7,7 +7,6 @@ torch.nn.LSTM, so state_dicts move both ways; `backend` picks the kernels.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 import warnings
@@ -16,8 +15,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import backends
+from . import backends, export_onnx
 from .checks import check_hidden_dtype, check_packed_sequence, check_same_device, check_size
+from .layer import LayerWeights
+from .layer import run as run_layer
 
 
 def autocast_enabled(device_type: str) -> bool:
@@ -25,6 +26,16 @@ def autocast_enabled(device_type: str) -> bool:
     for the meta device). A string comparison: torch.amp.is_autocast_available would
     double the cost of this per-call check (2.2 -> 5.1 us, loaded 2-core machine)."""
     return device_type != "meta" and torch.is_autocast_enabled(device_type)
+
+
+def refuse_torchscript(module: nn.Module):
+    """torch.jit.script calls this on every module it is given (and their
+    submodules) before compiling them: the modules' forward picks kernels and
+    tracing strategies in Python, which TorchScript cannot compile."""
+    raise RuntimeError(
+        f"{type(module).__name__} cannot be compiled by torch.jit.script (TorchScript does not "
+        f"compile its Python forward); use torch.compile(model), or torch.export.export(model, "
+        f"args) for a graph to save and deploy (torch.jit.trace also works)")
 
 
 class FusedLSTM(nn.Module):
@@ -109,6 +120,8 @@ class FusedLSTM(nn.Module):
     def flatten_parameters(self) -> None:
         """No-op, for code written for nn.LSTM (the kernels need no flat buffer)."""
 
+    __prepare_scriptable__ = refuse_torchscript
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if self.proj_size:
@@ -190,6 +203,8 @@ class FusedLSTM(nn.Module):
         # Under autocast everything runs in autocast's dtype (as nn.LSTM does on CUDA).
         autocast = autocast_enabled(data.device.type)
         if packed:
+            if export_onnx.in_onnx_export():
+                export_onnx.check_exportable(has_projection=False, packed=True)
             data, batch_sizes, sorted_indices, unsorted_indices = input
             self._check_input(data, 2, autocast)
             check_packed_sequence(data, batch_sizes)
@@ -209,6 +224,7 @@ class FusedLSTM(nn.Module):
             batch = x.size(1)
 
         if hx is None:
+            check_same_device(x, self.weight_ih_l0)
             hx = self._zero_state(batch, x)
         else:
             if not (isinstance(hx, (tuple, list)) and len(hx) == 2
@@ -226,12 +242,14 @@ class FusedLSTM(nn.Module):
                 check_hidden_dtype(x, hx)
             if sorted_indices is not None:
                 hx = tuple(h.index_select(1, sorted_indices) for h in hx)
-        check_same_device(x, self.weight_ih_l0)
 
-        dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
-        with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
-            output, h_n, c_n = self._run_layers(x.to(dtype), tuple(h.to(dtype) for h in hx),
-                                                batch_sizes, dtype)
+        if autocast:
+            dtype = torch.get_autocast_dtype(x.device.type)
+            with torch.autocast(x.device.type, enabled=False):
+                output, h_n, c_n = self._run_layers(x.to(dtype), tuple(h.to(dtype) for h in hx),
+                                                    batch_sizes, dtype)
+        else:
+            output, h_n, c_n = self._run_layers(x, hx, batch_sizes, x.dtype)
 
         if packed:
             if unsorted_indices is not None:
@@ -243,31 +261,34 @@ class FusedLSTM(nn.Module):
             output = output.transpose(0, 1)
         return output, (h_n, c_n)
 
+    def _layer_weights(self, index: int, dtype: torch.dtype) -> LayerWeights:
+        """The parameters of layer and direction `index` (layer * D + direction),
+        cast (differentiably) to `dtype` where they differ."""
+        # The parameter dict first (an nn.Module attribute lookup costs ~0.6 us,
+        # measured); getattr for names it lacks (parametrized or replaced weights).
+        params = self._parameters
+        weights = [params.get(name) for name in self._all_weights[index]]
+        weights = [getattr(self, name) if w is None else w
+                   for name, w in zip(self._all_weights[index], weights)]
+        if weights[0].dtype != dtype:
+            weights = [w.to(dtype) for w in weights]
+        biases = (weights[2], weights[3]) if self.bias else (None, None)
+        return LayerWeights(weights[0], weights[1], *biases, weights[-1] if self.proj_size else None)
+
     def _run_layers(self, x: Tensor, hx: tuple[Tensor, Tensor], batch_sizes: Tensor | None,
                     dtype: torch.dtype):
         """x: time-major [T, B, I] or packed [N, I] -> output [.., D*P], h_n, c_n,
-        computed in `dtype` (the parameters are cast, differentiably, if they differ)."""
+        computed in `dtype`. Each layer and direction is one fusedlstm.layer.run;
+        dropout goes between layers."""
         h0, c0 = hx
-        backend = backends.resolve(self.backend, x.device, "layer", dtype, self.hidden_size,
-                                   self.proj_size, h0.size(1), batch_sizes is not None)
-        lead = x.shape[:-1]
         h_n, c_n = [], []
         layer_input = x
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
-                weights = [w.to(dtype) for w in self.all_weights[index]]
-                w_ih, w_hh = weights[0], weights[1]
-                w_hr = weights[-1] if self.proj_size else None
-                # Input projections of all steps in one GEMM, both biases folded in.
-                flat = layer_input.reshape(-1, layer_input.size(-1))
-                if self.bias:
-                    x_proj = torch.addmm(weights[2] + weights[3], flat, w_ih.t())
-                else:
-                    x_proj = flat @ w_ih.t()
-                out, h, c = backend.layer(x_proj.view(*lead, 4 * self.hidden_size), w_hh, h0[index], c0[index], w_hr,
-                                          batch_sizes, direction == 1)
+                out, h, c = run_layer(layer_input, self._layer_weights(index, dtype), h0[index],
+                                      c0[index], batch_sizes, direction == 1, self.backend)
                 outputs.append(out)
                 h_n.append(h)
                 c_n.append(c)

@@ -1,7 +1,8 @@
 // The whole-step inference op (lstm_cell_step) on CPU tensors: the gates by
 // two GEMMs, as FusedLSTMCell computes them, then the fused cell forward of
-// lstm_cell_cpu.cpp. The op thus exists on the CPU too (its reference for the
-// CUDA kernel, and for opcheck without a GPU); FusedLSTMCell runs it on CUDA.
+// lstm_cell_cpu.cpp at the process's SIMD level (compiled once, with no SIMD
+// flags: its own code is glue). The op thus exists on the CPU too (its reference
+// for the CUDA kernel, and for opcheck without a GPU); FusedLSTMCell runs it on CUDA.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/addmm.h>

@@ -7,8 +7,9 @@ take the arguments of fusedlstm::lstm_cell_fwd etc. and return the same
 results. torch.library.triton_op makes each a custom op whose body
 torch.compile traces (seeing the Triton launches through wrap_triton);
 the body is also the op's fake implementation, so it reads only shapes:
-batch_sizes goes to the kernels as a device tensor (steps.py), and its
-values are checked on real tensors only. The autograd formula is the one
+batch_sizes goes to the kernels as the layer plan's table, built by the op
+fusedlstm::layer_plan (which checks its values on real tensors) and copied
+to the device (steps.py). The autograd formula is the one
 every backend shares (fusedlstm.ops.register_autograd).
 
 Which layer implementation runs (`layer_implementation`, from shapes and

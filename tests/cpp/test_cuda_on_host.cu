@@ -2,10 +2,10 @@
 // csrc/cuda/lstm_cell_cuda.cuh, lstm_layer_cuda.cuh and lstm_step_cuda.cuh
 // (buffers, GEMMs on views, per-step pointers, the choice of vector width
 // and of rows per pass) and the per-thread code of every kernel (gate math,
-// 128-bit packs, packed and reversed steps, the projection, the h_prev
-// gather, float cell state, the step kernel's column split over a warp's
-// lanes), with each pass run thread by thread on the host instead of
-// launched. Checked against the CPU backend in float64. What only a GPU can check (the grid mapping, launches,
+// 128-bit packs, packed and reversed steps, the projection, float cell state,
+// the step kernel's column split over a warp's lanes), with each pass run
+// thread by thread on the host instead of launched. Checked against the CPU
+// backend in float64. What only a GPU can check (the grid mapping, launches,
 // streams, cuBLAS) is left to the pytest suite's CUDA tests. Built by CMake
 // when the CUDA kernels are; run by ctest, no GPU needed.
 #include <ATen/ATen.h>

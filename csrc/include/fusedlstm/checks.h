@@ -1,5 +1,6 @@
-// Argument checks and the step layout of a layer, shared by the CPU and CUDA
-// implementations of the op contract (host code only). Every failed check
+// Argument checks and the sizes and plan of a layer call, shared by the CPU
+// and CUDA implementations of the op contract and by fusedlstm::layer_plan
+// (host code only). Every failed check
 // raises a c10::Error (RuntimeError in Python) naming the argument as the
 // caller passed it, what was expected and what came. The rules and messages
 // are fusedlstm/checks.py's, word for word (the Python checker of the Triton
@@ -18,6 +19,8 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "fusedlstm/layer_plan.h"
 
 namespace fusedlstm {
 
@@ -124,22 +127,39 @@ inline StepShape check_cell_step_args(const at::Tensor& x, const at::Tensor& h,
   return {B, I, H};
 }
 
-// Where every step of one layer lives. Per-step tensors are viewed as 2-D,
-// [rows, *]: rows of step t start at row offset[t] and step t has
-// batch_sizes[t] of them (dense input: B rows at offset t * B).
+// The values of batch_sizes (packed input), checked: a non-empty 1-D int64
+// CPU tensor, positive and non-increasing.
+inline std::vector<int64_t> check_batch_sizes(const at::Tensor& bs) {
+  TORCH_CHECK(bs.dim() == 1 && bs.scalar_type() == at::kLong && bs.device().is_cpu(),
+              "fusedlstm: batch_sizes must be a 1-D int64 CPU tensor, got ", bs.dim(), "-D ",
+              dtype_name(bs.scalar_type()), " on ", bs.device());
+  const int64_t T = bs.size(0);
+  TORCH_CHECK(T > 0, "fusedlstm: batch_sizes must not be empty");
+  const at::Tensor bsc = bs.contiguous();
+  const int64_t* p = bsc.const_data_ptr<int64_t>();
+  std::vector<int64_t> sizes(p, p + T);
+  for (const auto t : c10::irange(T)) {
+    TORCH_CHECK(sizes[t] > 0 && (t == 0 || sizes[t] <= sizes[t - 1]),
+                "fusedlstm: batch_sizes must be positive and non-increasing, got ",
+                at::IntArrayRef(sizes));
+  }
+  return sizes;
+}
+
+// batch_sizes[0], the batch size of packed input, against that of the states.
+inline void check_first_batch_size(int64_t first, int64_t B) {
+  TORCH_CHECK(first == B, "fusedlstm: batch_sizes[0] (", first,
+              ") must equal the batch size of h0 and c0 (", B, ")");
+}
+
+// The sizes of one layer call and where its steps live. Per-step tensors are
+// viewed as 2-D, [rows, *]; `plan` has one entry per step in processing order
+// (layer_plan.h), the one description of the steps that the backends read.
 struct LayerGeometry {
   int64_t T = 0, B = 0, H = 0, P = 0, rows = 0;
-  bool packed = false, reverse = false;
-  std::vector<int64_t> batch_sizes, offset;
+  bool packed = false;
+  std::vector<StepPlan> plan;
 
-  // The k-th step in processing order.
-  int64_t step(int64_t k) const { return reverse ? T - 1 - k : k; }
-  // Rows of step t that continue a row of the step processed just before it
-  // (0 for the first processed step). Rows beyond this start from h0 / c0.
-  int64_t rows_from_previous(int64_t k) const {
-    if (k == 0) return 0;
-    return std::min(batch_sizes[step(k)], batch_sizes[step(k - 1)]);
-  }
   // Per-step tensor shape for `width` features: [T, B, width] or [N, width].
   std::vector<int64_t> shape(int64_t width) const {
     if (packed) return {rows, width};
@@ -157,7 +177,6 @@ inline LayerGeometry check_layer_args(const at::Tensor& x_proj, const at::Tensor
                                       const std::optional<at::Tensor>& batch_sizes,
                                       bool reverse, const char* input_name = "x_proj") {
   LayerGeometry g;
-  g.reverse = reverse;
   g.packed = batch_sizes.has_value();
   check_floating(x_proj, input_name);
   check_dim(w_hh, 2, "w_hh");
@@ -186,42 +205,24 @@ inline LayerGeometry check_layer_args(const at::Tensor& x_proj, const at::Tensor
     g.B = x_proj.size(1);
     TORCH_CHECK(g.T > 0, "fusedlstm: expected sequence length to be larger than 0, got ",
                 input_name, " of shape ", x_proj.sizes());
-    g.rows = g.T * g.B;
-    g.batch_sizes.assign(g.T, g.B);
+    g.plan = build_layer_plan(nullptr, g.T, g.B, reverse);
   } else {
-    const at::Tensor& bs = *batch_sizes;
     TORCH_CHECK(x_proj.dim() == 2, "fusedlstm: with batch_sizes, ", input_name, " must be packed "
                 "[N, 4H], got shape ", x_proj.sizes());
-    TORCH_CHECK(bs.dim() == 1 && bs.scalar_type() == at::kLong && bs.device().is_cpu(),
-                "fusedlstm: batch_sizes must be a 1-D int64 CPU tensor, got ", bs.dim(), "-D ",
-                dtype_name(bs.scalar_type()), " on ", bs.device());
-    g.T = bs.size(0);
-    TORCH_CHECK(g.T > 0, "fusedlstm: batch_sizes must not be empty");
-    const at::Tensor bsc = bs.contiguous();
-    const int64_t* p = bsc.const_data_ptr<int64_t>();
-    g.batch_sizes.assign(p, p + g.T);
-    for (const auto t : c10::irange(g.T)) {
-      TORCH_CHECK(g.batch_sizes[t] > 0 && (t == 0 || g.batch_sizes[t] <= g.batch_sizes[t - 1]),
-                  "fusedlstm: batch_sizes must be positive and non-increasing, got ",
-                  at::IntArrayRef(g.batch_sizes));
-      g.rows += g.batch_sizes[t];
-    }
-    g.B = g.batch_sizes[0];
-    TORCH_CHECK(!(h0.size(0) == c0.size(0) && c0.size(0) != g.B), "fusedlstm: batch_sizes[0] (",
-                g.B, ") must equal the batch size of h0 and c0 (", c0.size(0), ")");
+    const std::vector<int64_t> sizes = check_batch_sizes(*batch_sizes);
+    g.T = static_cast<int64_t>(sizes.size());
+    g.B = sizes[0];
+    // When h0 and c0 disagree, their own shape check below says so.
+    if (h0.size(0) == c0.size(0)) check_first_batch_size(g.B, c0.size(0));
+    g.plan = build_layer_plan(sizes.data(), g.T, g.B, reverse);
   }
+  g.rows = plan_rows(g.plan);
   check_shape(h0, {g.B, g.P}, "h0");
   check_shape(c0, {g.B, g.H}, "c0");
   if (g.packed) {
     check_shape(x_proj, {g.rows, 4 * g.H}, input_name);
   } else {
     check_shape(x_proj, {g.T, g.B, 4 * g.H}, input_name);
-  }
-  g.offset.resize(g.T);
-  int64_t row = 0;
-  for (const auto t : c10::irange(g.T)) {
-    g.offset[t] = row;
-    row += g.batch_sizes[t];
   }
   return g;
 }
