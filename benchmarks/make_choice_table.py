@@ -34,6 +34,10 @@ RESULTS = ROOT / "benchmarks" / "results" / "gpu"
 TABLE = ROOT / "fusedlstm" / "choice_table.py"
 MODE = {"sequence": "forward+backward", "packed": "forward+backward", "generate": "forward"}
 OP = {"sequence": "layer", "packed": "layer", "generate": "cell"}
+# Shape kinds that are no evidence here: "inference" times a whole model's
+# forward without gradients, while the layer points rank forward+backward
+# times, and a Query does not tell the two uses apart.
+IGNORED_KINDS = ("inference",)
 
 
 def run_kind(metadata: dict, dtype: str) -> tuple[str, str, str]:
@@ -79,6 +83,8 @@ def points(runs) -> list[Point]:
     table = []
     for (arch, dtype, precision), (source, _, results) in sorted(runs.items()):
         for name, shape in SHAPES.items():
+            if shape.kind in IGNORED_KINDS:
+                continue
             mode = MODE[shape.kind]
             rows = {r["provider"]: r for r in results if r["shape"] == name and r["mode"] == mode}
             base = rows.get(BASELINE)

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fusedlstm import FusedLSTM, backends, choice, choice_table, cli
+from fusedlstm import FusedLSTM, FusedLSTMCell, backends, choice, choice_table, cli
 from lstm_testing import skip_unless_gpu
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,6 +225,31 @@ def test_float32_choice_follows_the_precision_setting(monkeypatch):
         assert backends.resolve("auto", torch.device("cuda"), "layer", torch.float32, 128, 0, 8).name == "triton"
     finally:
         torch.set_float32_matmul_precision(saved)
+
+
+def test_eager_modules_pass_their_work_to_resolve(monkeypatch):
+    """Each layer and direction of an eager FusedLSTM forward, and each
+    FusedLSTMCell step, asks for its backend with its own work: op, dtype,
+    H, proj_size, batch, packed or not (on CPU tensors the answer is "cpu",
+    but the question is the one a CUDA forward asks)."""
+    asked = []
+    resolve = backends.resolve
+
+    def recording(name, device, *work):
+        asked.append(work)
+        return resolve(name, device, *work)
+
+    monkeypatch.setattr(backends, "resolve", recording)
+    lstm = FusedLSTM(3, 6, num_layers=2, proj_size=4, bidirectional=True, dtype=torch.float64)
+    lstm(torch.randn(5, 2, 3, dtype=torch.float64))
+    assert asked == [("layer", torch.float64, 6, 4, 2, False)] * 4
+    asked.clear()
+    packed = torch.nn.utils.rnn.pack_sequence([torch.randn(4, 3), torch.randn(2, 3), torch.randn(1, 3)])
+    FusedLSTM(3, 5)(packed)
+    assert asked == [("layer", torch.float32, 5, 0, 3, True)]
+    asked.clear()
+    FusedLSTMCell(3, 7)(torch.randn(2, 3))
+    assert asked == [("cell", torch.float32, 7, 0, 2)]
 
 
 def test_cpu_modules_keep_their_repr():
