@@ -6,7 +6,8 @@
 # bf16 with `fusedlstm bench --device cuda` (the "cuda" backend takes the
 # persistent kernels where they fit, cuDNN's nn.LSTM in the same run), list
 # the kernels of small-h128 on the per-step and the persistent path
-# (benchmarks/profile_kernels.py), and print the combined short table last.
+# (benchmarks/profile_kernels.py), and print the combined short table and
+# backend="auto"'s choice table made from this run (benchmarks/make_choice_table.py) last.
 #
 #   [FUSEDLSTM_COMMIT=<hash>] bash benchmarks/device_check.sh [RESULTS_DIR]
 #
@@ -189,6 +190,10 @@ main() {
   echo
   if [ "${#saved[@]}" -gt 0 ]; then
     "$PYTHON" -m fusedlstm bench-table --short "${saved[@]}" || FAILED+=("bench-table")
+    echo
+    echo "=== backend=\"auto\"'s choice table from this run (copy results.json into results/gpu/ and"
+    echo "=== run benchmarks/make_choice_table.py to make it the package's)"
+    "$PYTHON" "$ROOT/benchmarks/make_choice_table.py" "${saved[@]}" --out /dev/stdout || FAILED+=("choice table")
   else
     echo "no benchmark results were saved"
   fi

@@ -25,6 +25,15 @@ TORCH_LIBRARY(fusedlstm, m) {
   m.def(
       "lstm_cell_bwd(Tensor grad_h, Tensor grad_c, Tensor act, Tensor c_prev, Tensor c)"
       " -> (Tensor grad_gates, Tensor grad_c_prev)");
+  // A whole step for inference, both products included, as nn.LSTMCell:
+  //   x: [B, I], h: [B, H], c: [B, H], w_ih: [4H, I], w_hh: [4H, H],
+  //   b_ih, b_hh: [4H] or None
+  // -> h_next, c_next: [B, H]. Inference only: it saves nothing for a
+  // backward, and differentiating it raises (the differentiable step is
+  // two GEMMs and lstm_cell_fwd). CUDA runs it as one kernel launch.
+  m.def(
+      "lstm_cell_step(Tensor x, Tensor h, Tensor c, Tensor w_ih, Tensor w_hh, Tensor? b_ih,"
+      " Tensor? b_hh) -> (Tensor h_next, Tensor c_next)");
 
   // The whole recurrence of one layer and direction.
   //   x_proj: [T, B, 4H] or packed [N, 4H]: x W_ih^T + b_ih + b_hh, all steps

@@ -1,7 +1,9 @@
 """FusedLSTMCell: torch.nn.LSTMCell's interface on the fused cell kernel.
 
 One step at a time (e.g. generating text character by character): the two
-projections are GEMMs and the gate math plus cell update is one fused op.
+projections are GEMMs and the gate math plus cell update is one fused op. On
+the CUDA backend, a step that needs no gradient at batch <= 8 is instead one
+kernel launch for everything (fusedlstm::lstm_cell_step).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from .checks import check_hidden_dtype, check_same_device, check_size
 from .layer import LayerWeights
 from .layer import run as run_layer
 from .lstm import autocast_enabled, refuse_torchscript
+from .ops import needs_grad
 
 
 class FusedLSTMCell(nn.Module):
@@ -55,7 +58,8 @@ class FusedLSTMCell(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
-                + f", backend={self.backend!r}")
+                + f", backend={self.backend!r}"
+                + backends.module_note(self.backend, self.weight_ih, "cell", self.hidden_size, 0))
 
     @classmethod
     def from_lstm_cell(cls, cell: nn.LSTMCell, backend: str = "auto") -> "FusedLSTMCell":
@@ -120,9 +124,9 @@ class FusedLSTMCell(nn.Module):
             _, h_next, c_next = run_layer(x.unsqueeze(0), LayerWeights(*weights, None), h, c, None,
                                           False, self.backend)
             return (h_next, c_next) if is_batched else (h_next.squeeze(0), c_next.squeeze(0))
-        backend = backends.resolve(self.backend, x.device)
+        dtype = torch.get_autocast_dtype(device_type) if autocast else x.dtype
+        backend = backends.resolve(self.backend, x.device, "cell", dtype, self.hidden_size, 0, batch)
         if autocast:
-            dtype = torch.get_autocast_dtype(device_type)
             with torch.autocast(device_type, enabled=False):
                 weights = tuple(w.to(dtype) if w is not None else None for w in weights)
                 h_next, c_next = self._step(backend, x.to(dtype), h.to(dtype), c.to(dtype), *weights)
@@ -134,6 +138,11 @@ class FusedLSTMCell(nn.Module):
 
     @staticmethod
     def _step(backend, x, h, c, w_ih, w_hh, b_ih, b_hh) -> tuple[Tensor, Tensor]:
-        """x [B, I], h, c [B, H]; w_ih [4H, I], w_hh [4H, H], b_* [4H] or None -> h', c'."""
+        """x [B, I], h, c [B, H]; w_ih [4H, I], w_hh [4H, H], b_* [4H] or None -> h', c'.
+        Without gradients at small batch, the backend's whole step in one
+        launch if it has one; else two GEMMs and the fused cell op."""
+        if (backend.step is not None and x.size(0) <= backends.STEP_MAX_BATCH
+                and not needs_grad(x, h, c, w_ih, w_hh, b_ih, b_hh)):
+            return backend.step()(x, h, c, w_ih, w_hh, b_ih, b_hh)
         gates = torch.addmm(b_ih + b_hh, x, w_ih.t()) if b_ih is not None else x @ w_ih.t()
         return backend.cell(gates.addmm_(h, w_hh.t()), c)

@@ -106,6 +106,34 @@ def check_cell_bwd_args(grad_h: Tensor, grad_c: Tensor, act: Tensor, c_prev: Ten
     return B, H
 
 
+def check_cell_step_args(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
+                         b_ih: Tensor | None, b_hh: Tensor | None) -> tuple[int, int, int]:
+    """lstm_cell_step(x [B, I], h and c [B, H], w_ih [4H, I], w_hh [4H, H], b_ih and
+    b_hh [4H] or None) -> (B, I, H): the weights set I and H, x sets B."""
+    check_dim(x, 2, "x")
+    check_floating(x, "x")
+    matrices = [(w_ih, "w_ih"), (w_hh, "w_hh"), (h, "h"), (c, "c")]
+    biases = [(b, name) for b, name in ((b_ih, "b_ih"), (b_hh, "b_hh")) if b is not None]
+    for t, name in matrices:
+        check_dim(t, 2, name)
+    for t, name in biases:
+        check_dim(t, 1, name)
+    for t, name in matrices + biases:
+        check_like(t, x, name, "x")
+    G = w_hh.shape[0]
+    if G == 0 or G % 4 != 0:
+        fail(f"w_hh must be [4H, H] with H > 0, got shape {list(w_hh.shape)}")
+    H, I, B = G // 4, w_ih.shape[1], x.shape[0]
+    check_shape(w_hh, (4 * H, H), "w_hh")
+    check_shape(w_ih, (4 * H, I), "w_ih")
+    check_shape(x, (B, I), "x")
+    check_shape(h, (B, H), "h")
+    check_shape(c, (B, H), "c")
+    for t, name in biases:
+        check_shape(t, (4 * H,), name)
+    return B, I, H
+
+
 @dataclass(frozen=True)
 class LayerShape:
     T: int

@@ -41,13 +41,15 @@ class LayerWeights(NamedTuple):
 
 def compute(input: Tensor, weights: LayerWeights, h0: Tensor, c0: Tensor,
             batch_sizes: Tensor | None, reverse: bool, backend: str):
-    """The layer on `backend` (a backends name); differentiable, and keeps the
-    activations only when a backward may need them."""
+    """The layer on `backend` (a backends name; "auto" picks one for this work);
+    differentiable, and keeps the activations only when a backward may need them."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     bias = b_ih + b_hh if b_ih is not None else None
     x_proj = torch.nn.functional.linear(input, w_ih, bias)  # [.., 4H]
-    return backends.resolve(backend, input.device).layer(x_proj, w_hh, h0, c0, w_hr, batch_sizes,
-                                                         reverse)
+    chosen = backends.resolve(backend, input.device, "layer", x_proj.dtype, c0.shape[-1],
+                              w_hr.shape[0] if w_hr is not None else 0, h0.shape[0],
+                              batch_sizes is not None)
+    return chosen.layer(x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse)
 
 
 def run(input: Tensor, weights: LayerWeights, h0: Tensor, c0: Tensor, batch_sizes: Tensor | None,

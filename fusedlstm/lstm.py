@@ -136,7 +136,9 @@ class FusedLSTM(nn.Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
-        return s + f", backend={self.backend!r}"
+        return (s + f", backend={self.backend!r}"
+                + backends.module_note(self.backend, self.weight_ih_l0, "layer", self.hidden_size,
+                                       self.proj_size))
 
     # --- conversion to and from nn.LSTM ---------------------------------------------------
 

@@ -17,6 +17,13 @@ backward the reference's differentiable formulas.
     lstm_layer_bwd(grad_output?, grad_h_n?, grad_c_n?, w_hh, h0, c0, w_hr?, batch_sizes?,
                    reverse, output, acts, cells, h_raw)
         -> grad_x_proj, grad_w_hh, grad_h0, grad_c0, grad_w_hr
+
+and, outside the contract, the C++ backends' inference-only whole step
+(one kernel launch on CUDA), with a fake rule and an autograd formula that
+refuses to differentiate it:
+
+    lstm_cell_step(x [B,I], h [B,H], c [B,H], w_ih [4H,I], w_hh [4H,H], b_ih [4H]?, b_hh [4H]?)
+        -> h_next [B,H], c_next [B,H]
 """
 
 from __future__ import annotations
@@ -224,3 +231,29 @@ def _register_cpp_ops() -> ContractOps | None:
 
 
 cpp = _register_cpp_ops()
+
+
+# --- the inference-only whole step ---------------------------------------------------------
+
+def cell_step_fake(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    checks.check_cell_step_args(x, h, c, w_ih, w_hh, b_ih, b_hh)
+    return torch.empty_like(h), torch.empty_like(c)
+
+
+def _cell_step_backward(ctx, grad_h_next, grad_c_next):
+    raise RuntimeError("fusedlstm::lstm_cell_step is inference-only and cannot be differentiated; "
+                       "FusedLSTMCell runs it only without gradients (the differentiable step is two "
+                       "GEMMs and fusedlstm::lstm_cell_fwd)")
+
+
+def _register_cpp_step():
+    """fusedlstm::lstm_cell_step, or None when the C++ ops are not built."""
+    if not _extension.loaded():
+        return None
+    torch.library.register_fake("fusedlstm::lstm_cell_step")(cell_step_fake)
+    torch.library.register_autograd("fusedlstm::lstm_cell_step", _cell_step_backward,
+                                    setup_context=lambda ctx, inputs, output: None)
+    return torch.ops.fusedlstm.lstm_cell_step.default
+
+
+cpp_step = _register_cpp_step()

@@ -73,6 +73,14 @@ inline constexpr LstmCellFwd* lstm_cell_fwd_cpu = &ActiveKernel<&Kernels::lstm_c
 inline constexpr LstmCellBwd* lstm_cell_bwd_cpu = &ActiveKernel<&Kernels::lstm_cell_bwd>::call;
 inline constexpr LstmLayerFwd* lstm_layer_fwd_cpu = &ActiveKernel<&Kernels::lstm_layer_fwd>::call;
 inline constexpr LstmLayerBwd* lstm_layer_bwd_cpu = &ActiveKernel<&Kernels::lstm_layer_bwd>::call;
+
+// lstm_cell_step: the differentiable step's GEMMs (ATen's, which choose their own
+// SIMD level) and the active level's cell kernel, in one op. Compiled once.
+std::tuple<at::Tensor, at::Tensor> lstm_cell_step_cpu(const at::Tensor& x, const at::Tensor& h,
+                                                      const at::Tensor& c, const at::Tensor& w_ih,
+                                                      const at::Tensor& w_hh,
+                                                      const std::optional<at::Tensor>& b_ih,
+                                                      const std::optional<at::Tensor>& b_hh);
 #endif
 
 }  // namespace fusedlstm::cpu

@@ -133,6 +133,7 @@ const Kernels& active_kernels() { return *active().kernels; }
 TORCH_LIBRARY_IMPL(fusedlstm, CPU, m) {
   m.impl("lstm_cell_fwd", TORCH_FN(fusedlstm::cpu::lstm_cell_fwd_cpu));
   m.impl("lstm_cell_bwd", TORCH_FN(fusedlstm::cpu::lstm_cell_bwd_cpu));
+  m.impl("lstm_cell_step", TORCH_FN(fusedlstm::cpu::lstm_cell_step_cpu));
   m.impl("lstm_layer_fwd", TORCH_FN(fusedlstm::cpu::lstm_layer_fwd_cpu));
   m.impl("lstm_layer_bwd", TORCH_FN(fusedlstm::cpu::lstm_layer_bwd_cpu));
 }

@@ -19,6 +19,12 @@ std::tuple<at::Tensor, at::Tensor> lstm_cell_bwd_cuda(const at::Tensor& grad_h,
                                                       const at::Tensor& c_prev,
                                                       const at::Tensor& c);
 
+std::tuple<at::Tensor, at::Tensor> lstm_cell_step_cuda(const at::Tensor& x, const at::Tensor& h,
+                                                       const at::Tensor& c, const at::Tensor& w_ih,
+                                                       const at::Tensor& w_hh,
+                                                       const std::optional<at::Tensor>& b_ih,
+                                                       const std::optional<at::Tensor>& b_hh);
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cuda(
     const at::Tensor& x_proj, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0,
     const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes,

@@ -30,6 +30,8 @@ import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import wrap_triton as _torch_wrap_triton
 
+from ..precision import float32_matmul_precision
+
 try:
     from triton.runtime.interpreter import InterpretedFunction
 except ImportError:  # a Triton without the interpreter
@@ -107,6 +109,19 @@ def math_dtype(dtype: torch.dtype):
 
 _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
               torch.float64: tl.float64}
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot's input_precision for `dtype` data: for float32, what torch's
+    float32 matmul setting allows, as cuBLAS does for the CUDA backend's GEMMs
+    ("tf32" on tensor cores when torch allows TF32, else full "ieee", torch's
+    default); "ieee" for the other dtypes (where it changes nothing: 16-bit
+    operands go to the tensor cores as they are). Triton's "tf32x3" (three
+    TF32 products, near-float32 accuracy on tensor cores) would suit torch's
+    default setting, but it is not used: it must first pass the GPU tests'
+    float32 accuracy rule (at most twice cuDNN's error) and be faster than
+    "ieee" there, and no GPU has run it yet."""
+    return float32_matmul_precision() if dtype == torch.float32 else "ieee"
 
 
 def dot_dtype(dtype: torch.dtype, kernel):

@@ -16,7 +16,7 @@ does not use):
                                                 (scratch kernels) or None
     h_buf_ptr, c_buf_ptr                        scratch: [2, B, P] data dtype, [B, H] MATH
     plan_ptr, T, B, H, P                        int64 [T, 4] plan (PACKED, steps.plan_entry)
-    HAS_PROJ, PACKED, REVERSE, SAVE, MATH, DOT, BLOCK_B, and the entry's tiles
+    HAS_PROJ, PACKED, REVERSE, SAVE, MATH, DOT, PRECISION, BLOCK_B, and the entry's tiles
 and every backward kernel these:
     go_ptr, dh_n_ptr, dc_n_ptr                  [N, P] (HAS_GO), [B, P] (HAS_DH_N), [B, H] (HAS_DC_N)
     w_hh_ptr, w_hr_ptr, c0_ptr                  [4H, P], [P, H] (HAS_PROJ), [B, H]
@@ -25,7 +25,7 @@ and every backward kernel these:
     grad_h0_ptr, grad_c0_ptr                    [B, P], [B, H]
     dh_buf_ptr, dc_buf_ptr                      scratch: [2, B, P], [B, H] MATH
     plan_ptr, T, B, H, P
-    HAS_GO, HAS_DH_N, HAS_DC_N, HAS_PROJ, PACKED, REVERSE, MATH, DOT, BLOCK_B, and the tiles
+    HAS_GO, HAS_DH_N, HAS_DC_N, HAS_PROJ, PACKED, REVERSE, MATH, DOT, PRECISION, BLOCK_B, and the tiles
 ([N, *] stands for the per-step layout, [T, B, *] for dense input.) Program k
 owns batch rows [BLOCK_B k, BLOCK_B (k + 1)). The kernels only read their
 inputs and set every buffer made here before reading it (streamed.py,
@@ -41,7 +41,7 @@ import torch
 import triton
 from torch import Tensor
 
-from .launch import dot_dtype, math_dtype, wrap_triton
+from .launch import dot_dtype, dot_precision, math_dtype, wrap_triton
 from .steps import Steps, weight_gradients
 
 BLOCK_B = 16  # batch rows per program; tl.dot needs every dimension >= 16
@@ -53,6 +53,8 @@ class Kernels:
 
     tiles: Callable[[int, int], dict[str, Any]]  # (H, P) -> tile constexprs and launch options
     scratch: bool  # state between steps in global buffers (h_buf, c_buf; dh_buf, dc_buf)
+    # the dots' input precision (launch.dot_precision) -> the backward's extra launch options
+    bwd_options: Callable[[str], dict[str, Any]] = lambda precision: {}
 
 
 def _state_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -85,7 +87,8 @@ def layer_fwd(kernel, kernels: Kernels, x_proj: Tensor, w_hh: Tensor, h0: Tensor
             output, h_n, c_n, acts, cells, h_raw, h_buf, c_buf,
             steps.table, steps.T, B, H, P,
             HAS_PROJ=proj, PACKED=steps.packed, REVERSE=steps.reverse, SAVE=save,
-            MATH=math_dtype(x.dtype), DOT=dot_dtype(x.dtype, kernel), BLOCK_B=BLOCK_B, **kernels.tiles(H, P))
+            MATH=math_dtype(x.dtype), DOT=dot_dtype(x.dtype, kernel), PRECISION=dot_precision(x.dtype),
+            BLOCK_B=BLOCK_B, **kernels.tiles(H, P))
     return (output, h_n, c_n, acts if save else x.new_empty(0), cells if save else x.new_empty(0),
             h_raw if save and proj else x.new_empty(0))  # returns must not alias each other
 
@@ -98,6 +101,7 @@ def layer_bwd(kernel, kernels: Kernels, grad_output: Tensor | None, grad_h_n: Te
     B, H, P = steps.B, c0.shape[1], w_hh.shape[1]
     acts = acts.contiguous()
     state = _state_dtype(acts.dtype)
+    precision = dot_precision(acts.dtype)
     grad_x = acts.new_empty(acts.shape)
     dh_out = acts.new_empty(*acts.shape[:-1], P) if w_hr is not None else None  # dL/d(out), for grad_w_hr
     grad_h0, grad_c0 = h0.new_empty(B, P), c0.new_empty(B, H)
@@ -112,6 +116,6 @@ def layer_bwd(kernel, kernels: Kernels, grad_output: Tensor | None, grad_h_n: Te
             HAS_GO=grad_output is not None, HAS_DH_N=grad_h_n is not None,
             HAS_DC_N=grad_c_n is not None, HAS_PROJ=w_hr is not None, PACKED=steps.packed,
             REVERSE=steps.reverse, MATH=math_dtype(acts.dtype), DOT=dot_dtype(acts.dtype, kernel),
-            BLOCK_B=BLOCK_B, **kernels.tiles(H, P))
+            PRECISION=precision, BLOCK_B=BLOCK_B, **kernels.tiles(H, P), **kernels.bwd_options(precision))
     grad_w_hh, grad_w_hr = weight_gradients(steps, grad_x, output, h0, h_raw, dh_out)
     return grad_x, grad_w_hh, grad_h0, grad_c0, grad_w_hr

@@ -19,7 +19,8 @@ hidden dimension is the M of the product and the small batch tile its N):
 and writes output, and acts / cells (and h_raw, with a projection) when
 saving. h enters the product in the data's dtype (bf16 / fp16 tensor-core
 products, float32 accumulation);
-float32 data uses input_precision="ieee" (no TF32), for float32 accuracy.
+float32 data's dots follow torch's float32 matmul setting (PRECISION, from
+launch.dot_precision: full "ieee" by default, "tf32" when torch allows it).
 
 Masking
     Hidden units beyond H and outputs beyond P (tile sizes are powers of
@@ -120,7 +121,7 @@ def _lstm_persistent_fwd_kernel(
     h_buf_ptr, c_buf_ptr,                  # unused: the state is in registers
     plan_ptr, T, B, H, P,
     HAS_PROJ: tl.constexpr, PACKED: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
-    MATH: tl.constexpr, DOT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
+    MATH: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     b = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)  # batch rows [BB]
     j = tl.arange(0, BLOCK_H)                                 # hidden units [BH]
@@ -149,19 +150,19 @@ def _lstm_persistent_fwd_kernel(
 
         hw = h.to(out_ty).to(DOT)                             # h rounded as stored, [BP, BB]
         pi = tl.dot(w_i, hw, acc=tl.load(x_ptr + gate, mask=mh, other=0.0).to(MATH),
-                    input_precision="ieee")
+                    input_precision=PRECISION)
         pf = tl.dot(w_f, hw, acc=tl.load(x_ptr + gate + H, mask=mh, other=0.0).to(MATH),
-                    input_precision="ieee")
+                    input_precision=PRECISION)
         pg = tl.dot(w_g, hw, acc=tl.load(x_ptr + gate + 2 * H, mask=mh, other=0.0).to(MATH),
-                    input_precision="ieee")
+                    input_precision=PRECISION)
         po = tl.dot(w_o, hw, acc=tl.load(x_ptr + gate + 3 * H, mask=mh, other=0.0).to(MATH),
-                    input_precision="ieee")
+                    input_precision=PRECISION)
         i, f, g, o, c_new, h_new = gates_forward(pi, pf, pg, po, c)
         if HAS_PROJ:
             h_raw = h_new.to(out_ty)                          # [BH, BB], the projection's input
             if SAVE:
                 tl.store(h_raw_ptr + row[None, :] * H + j[:, None], h_raw, mask=mh)
-            h_new = tl.dot(w_r, h_raw.to(DOT), input_precision="ieee").to(MATH)  # [BP, BB]
+            h_new = tl.dot(w_r, h_raw.to(DOT), input_precision=PRECISION).to(MATH)  # [BP, BB]
 
         tl.store(out_ptr + row[None, :] * P + p[:, None], h_new.to(out_ty),
                  mask=pm[:, None] & active[None, :])
@@ -184,7 +185,7 @@ def _lstm_persistent_bwd_kernel(
     plan_ptr, T, B, H, P,
     HAS_GO: tl.constexpr, HAS_DH_N: tl.constexpr, HAS_DC_N: tl.constexpr,
     HAS_PROJ: tl.constexpr, PACKED: tl.constexpr, REVERSE: tl.constexpr,
-    MATH: tl.constexpr, DOT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
+    MATH: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     b = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     j = tl.arange(0, BLOCK_H)
@@ -225,7 +226,7 @@ def _lstm_persistent_bwd_kernel(
             dh_out += tl.load(go_ptr + row[None, :] * P + p[:, None], mask=mp, other=0.0).to(MATH)
         if HAS_PROJ:
             tl.store(dh_out_ptr + row[None, :] * P + p[:, None], dh_out.to(out_ty), mask=mp)
-            dh_cell = tl.dot(wt_r, dh_out.to(out_ty).to(DOT), input_precision="ieee").to(MATH)  # [BH, BB]
+            dh_cell = tl.dot(wt_r, dh_out.to(out_ty).to(DOT), input_precision=PRECISION).to(MATH)  # [BH, BB]
         else:
             dh_cell = dh_out
 
@@ -240,10 +241,10 @@ def _lstm_persistent_bwd_kernel(
         d_pi, d_pf, d_pg, d_po, dc_prev = gates_backward(i, f, g, o, c_prev, c, dh_cell, dc)
 
         store_gates(grad_x_ptr, gate, H, d_pi, d_pf, d_pg, d_po, mh)
-        dh_new = tl.dot(wt_i, d_pi.to(out_ty).to(DOT), input_precision="ieee")
-        dh_new = tl.dot(wt_f, d_pf.to(out_ty).to(DOT), acc=dh_new, input_precision="ieee")
-        dh_new = tl.dot(wt_g, d_pg.to(out_ty).to(DOT), acc=dh_new, input_precision="ieee")
-        dh_new = tl.dot(wt_o, d_po.to(out_ty).to(DOT), acc=dh_new, input_precision="ieee")
+        dh_new = tl.dot(wt_i, d_pi.to(out_ty).to(DOT), input_precision=PRECISION)
+        dh_new = tl.dot(wt_f, d_pf.to(out_ty).to(DOT), acc=dh_new, input_precision=PRECISION)
+        dh_new = tl.dot(wt_g, d_pg.to(out_ty).to(DOT), acc=dh_new, input_precision=PRECISION)
+        dh_new = tl.dot(wt_o, d_po.to(out_ty).to(DOT), acc=dh_new, input_precision=PRECISION)
         dh = tl.where(active[None, :], dh_new.to(MATH), dh)
         dc = tl.where(active[None, :], dc_prev, dc)
 

@@ -77,7 +77,11 @@ BLOCK_J = 64  # hidden units (or outputs) per chunk; not tuned
 BLOCK_K = 64  # reduction chunk of each product; not tuned
 STREAMED_LIMIT = 256  # largest max(H, P) sent here; the public Triton LSTM kernels' range, unmeasured
 
-KERNELS = Kernels(tiles=lambda H, P: dict(BLOCK_J=BLOCK_J, BLOCK_K=BLOCK_K), scratch=True)
+# TF32 operands take more shared memory per pipeline stage: at Triton's default
+# 3 stages the backward kernel needs 246,784 bytes, over sm_90's 232,448; at 2,
+# 164,864 (ptxas via budget.py, Triton 3.8, float32, 2026-11-29).
+KERNELS = Kernels(tiles=lambda H, P: dict(BLOCK_J=BLOCK_J, BLOCK_K=BLOCK_K), scratch=True,
+                  bwd_options=lambda precision: dict(num_stages=2) if precision == "tf32" else {})
 
 
 @triton.jit
@@ -118,7 +122,7 @@ def _lstm_streamed_fwd_kernel(
     h_buf_ptr, c_buf_ptr,                  # [2, B, P], [B, H] MATH: set from h0, c0 here
     plan_ptr, T, B, H, P,
     HAS_PROJ: tl.constexpr, PACKED: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
-    MATH: tl.constexpr, DOT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
+    MATH: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     b = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)  # batch rows [BB]
@@ -153,10 +157,10 @@ def _lstm_streamed_fwd_kernel(
                 w_at = j[:, None] * P + q[None, :]
                 wm = jm[:, None] & qm[None, :]
                 w_i, w_f, w_g, w_o = load_gates(w_hh_ptr, w_at, H * P, wm, DOT)
-                acc_i = tl.dot(w_i, h, acc=acc_i, input_precision="ieee")
-                acc_f = tl.dot(w_f, h, acc=acc_f, input_precision="ieee")
-                acc_g = tl.dot(w_g, h, acc=acc_g, input_precision="ieee")
-                acc_o = tl.dot(w_o, h, acc=acc_o, input_precision="ieee")
+                acc_i = tl.dot(w_i, h, acc=acc_i, input_precision=PRECISION)
+                acc_f = tl.dot(w_f, h, acc=acc_f, input_precision=PRECISION)
+                acc_g = tl.dot(w_g, h, acc=acc_g, input_precision=PRECISION)
+                acc_o = tl.dot(w_o, h, acc=acc_o, input_precision=PRECISION)
             state = b[None, :] * H + j[:, None]
             c_prev = tl.load(c_buf_ptr + state, mask=jm[:, None] & in_batch[None, :], other=0.0)
             i, f, g, o, c_new, h_new = gates_forward(acc_i, acc_f, acc_g, acc_o, c_prev)
@@ -184,7 +188,7 @@ def _lstm_streamed_fwd_kernel(
                                     mask=qm[:, None] & active[None, :], other=0.0).to(DOT)
                     w_r = tl.load(w_hr_ptr + p[:, None] * H + q[None, :], mask=pm[:, None] & qm[None, :],
                                   other=0.0).to(DOT)
-                    acc = tl.dot(w_r, h_raw, acc=acc, input_precision="ieee")
+                    acc = tl.dot(w_r, h_raw, acc=acc, input_precision=PRECISION)
                 tl.store(out_ptr + row[None, :] * P + p[:, None], acc.to(out_ty),
                          mask=pm[:, None] & active[None, :])
                 carry(h_src, h_dst, b[None, :] * P + p[:, None], pm[:, None] & in_batch[None, :], active,
@@ -203,7 +207,7 @@ def _lstm_streamed_bwd_kernel(
     plan_ptr, T, B, H, P,
     HAS_GO: tl.constexpr, HAS_DH_N: tl.constexpr, HAS_DC_N: tl.constexpr, HAS_PROJ: tl.constexpr,
     PACKED: tl.constexpr, REVERSE: tl.constexpr,
-    MATH: tl.constexpr, DOT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
+    MATH: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     b = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
@@ -244,7 +248,7 @@ def _lstm_streamed_bwd_kernel(
                                 other=0.0).to(DOT)
                     w_rt = tl.load(w_hr_ptr + q[None, :] * H + j[:, None], mask=jm[:, None] & qm[None, :],
                                    other=0.0).to(DOT)         # W_hr^T chunk [BJ, BK]
-                    dh = tl.dot(w_rt, d, acc=dh, input_precision="ieee")
+                    dh = tl.dot(w_rt, d, acc=dh, input_precision=PRECISION)
             else:
                 dh = tl.load(dh_src + b[None, :] * P + j[:, None], mask=mh, other=0.0)
                 if HAS_GO:
@@ -278,7 +282,7 @@ def _lstm_streamed_bwd_kernel(
                 for gate_index in tl.static_range(4):
                     acc = tl.dot(tl.load(w_hh_ptr + gate_index * H * P + wt_at, mask=wt_mask, other=0.0).to(DOT),
                                  tl.load(grad_x_ptr + gate_index * H + d_at, mask=d_mask, other=0.0).to(DOT),
-                                 acc=acc, input_precision="ieee")
+                                 acc=acc, input_precision=PRECISION)
             carry(dh_src, dh_dst, b[None, :] * P + p[:, None], pm[:, None] & in_batch[None, :], active, acc)
         tl.debug_barrier()                                     # dL/dh_{t-1} complete
     copy_rows(dh_buf_ptr + half(T, B, P), grad_h0_ptr, b, in_batch, P, True, BLOCK_B, BLOCK_J)

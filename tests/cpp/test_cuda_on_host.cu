@@ -1,21 +1,25 @@
 // The CUDA backend's code run on the CPU: the host code of
-// csrc/cuda/lstm_cell_cuda.cuh and lstm_layer_cuda.cuh (buffers, GEMMs on
-// views, per-step pointers, the choice of vector width) and the per-thread
-// code of every kernel (gate math, 128-bit packs, packed and reversed steps,
-// the projection, float cell state), with each pass run thread by thread on
-// the host instead of launched. Checked against the CPU
+// csrc/cuda/lstm_cell_cuda.cuh, lstm_layer_cuda.cuh and lstm_step_cuda.cuh
+// (buffers, GEMMs on views, per-step pointers, the choice of vector width
+// and of rows per pass) and the per-thread code of every kernel (gate math,
+// 128-bit packs, packed and reversed steps, the projection, float cell state,
+// the step kernel's column split over a warp's lanes), with each pass run
+// thread by thread on the host instead of launched. Checked against the CPU
 // backend in float64. What only a GPU can check (the grid mapping, launches,
 // streams, cuBLAS) is left to the pytest suite's CUDA tests. Built by CMake
 // when the CUDA kernels are; run by ctest, no GPU needed.
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cpu/lstm_cpu.h"
 #include "cuda/lstm_cell_cuda.cuh"
 #include "cuda/lstm_layer_cuda.cuh"
+#include "cuda/lstm_step_cuda.cuh"
 #include "fusedlstm/checks.h"
 
 namespace {
@@ -207,6 +211,69 @@ void check_cell(at::ScalarType dtype, int64_t H, bool shift) {
          id + " vector width " + std::to_string(widths));
 }
 
+// Runs the step kernel's work on the host: for each hidden unit (a warp) and
+// pass of ROWS rows, every lane's partial sums in turn, added up as the
+// warp's shuffles do, then step_finish for each row; records the (VEC, ROWS)
+// variants used.
+struct HostWarps {
+  std::vector<std::pair<int, int>>* used;
+
+  template <int VEC, int ROWS, typename scalar_t>
+  void run(void (*)(fusedlstm::cuda::CellStepArgs<scalar_t>),
+           const fusedlstm::cuda::CellStepArgs<scalar_t>& a) const {
+    using math_t = at::opmath_type<scalar_t>;
+    used->emplace_back(VEC, ROWS);
+    for (int j = 0; j < a.H; ++j) {
+      for (int64_t b0 = 0; b0 < a.B; b0 += ROWS) {
+        math_t sum[4][ROWS] = {};
+        for (int lane = 0; lane < fusedlstm::cuda::kWarpLanes; ++lane) {
+          math_t acc[4][ROWS];
+          fusedlstm::cuda::step_partial<VEC, ROWS>(a, j, b0, lane, fusedlstm::cuda::kWarpLanes, acc);
+          for (int g = 0; g < 4; ++g)
+            for (int r = 0; r < ROWS; ++r) sum[g][r] += acc[g][r];
+        }
+        for (int r = 0; r < ROWS && b0 + r < a.B; ++r)
+          fusedlstm::cuda::step_finish(a, j, b0 + r, sum[0][r], sum[1][r], sum[2][r], sum[3][r]);
+      }
+    }
+  }
+};
+
+void check_step(at::ScalarType dtype, int64_t B, int64_t I, int64_t H, bool bias, bool shift) {
+  const std::string id = std::string("step ") + c10::toString(dtype) + " B=" + std::to_string(B) +
+                         " I=" + std::to_string(I) + " H=" + std::to_string(H) +
+                         (bias ? "" : " no-bias") + (shift ? " misaligned" : "");
+  const double tol = dtype == at::kDouble ? 1e-10 : dtype == at::kFloat ? 1e-5
+                     : dtype == at::kHalf ? 1e-2 : 5e-2;
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(H));  // nn.LSTMCell's init range
+  const at::Tensor x = rounded(at::randn({B, I}, f64), dtype), h = rounded(at::randn({B, H}, f64), dtype);
+  const at::Tensor c = rounded(at::randn({B, H}, f64), dtype);
+  const at::Tensor w_ih = rounded(at::rand({4 * H, I}, f64).mul(2 * scale).sub(scale), dtype);
+  const at::Tensor w_hh = rounded(at::rand({4 * H, H}, f64).mul(2 * scale).sub(scale), dtype);
+  std::optional<at::Tensor> b_ih, b_hh, b_ih_low, b_hh_low;
+  if (bias) {
+    b_ih = rounded(at::randn({4 * H}, f64), dtype);
+    b_hh = rounded(at::randn({4 * H}, f64), dtype);
+    b_ih_low = b_ih->to(dtype);
+    b_hh_low = b_hh->to(dtype);
+  }
+  const auto expected = fusedlstm::cpu::lstm_cell_step_cpu(x, h, c, w_ih, w_hh, b_ih, b_hh);
+  const at::Tensor x_low = shift ? misaligned(x.to(dtype)) : x.to(dtype);
+  const fusedlstm::StepShape s = fusedlstm::check_cell_step_args(
+      x_low, h.to(dtype), c.to(dtype), w_ih.to(dtype), w_hh.to(dtype), b_ih_low, b_hh_low);
+  std::vector<std::pair<int, int>> used;
+  const auto actual = fusedlstm::cuda::run_cell_step(HostWarps{&used}, s, x_low, h.to(dtype), c.to(dtype),
+                                                     w_ih.to(dtype), w_hh.to(dtype), b_ih_low, b_hh_low);
+  expect_close(id + " h_next", std::get<0>(actual), std::get<0>(expected), tol);
+  expect_close(id + " c_next", std::get<1>(actual), std::get<1>(expected), tol);
+  const int vec_width = 16 / static_cast<int>(c10::elementSize(dtype));
+  const int vec = I % vec_width == 0 && H % vec_width == 0 && !shift ? vec_width : 1;
+  const int rows = B == 1 ? 1 : fusedlstm::cuda::kStepMaxRows;
+  expect(B == 0 ? used.empty() : used == std::vector<std::pair<int, int>>{{vec, rows}},
+         id + " kernel variant (vector width, rows per pass)");
+}
+
 }  // namespace
 
 int main() {
@@ -225,6 +292,16 @@ int main() {
     check_cell(dtype, 16, false);
     check_cell(dtype, 13, false);
     check_cell(dtype, 16, true);
+  }
+  // Whole steps: one row (ROWS = 1), a partial pass of 8 rows, several passes
+  // (B = 13); vector and scalar columns (I = 5, H = 13), no biases, misaligned x.
+  for (at::ScalarType dtype : {at::kDouble, at::kFloat, at::kHalf, at::kBFloat16}) {
+    check_step(dtype, 1, 64, 32, true, false);
+    check_step(dtype, 3, 16, 24, true, false);
+    check_step(dtype, 13, 5, 13, true, false);
+    check_step(dtype, 8, 40, 16, false, false);
+    check_step(dtype, 2, 32, 16, true, true);
+    check_step(dtype, 0, 8, 8, true, false);
   }
   std::printf("%d checks, %d failures\n", checks, failures);
   return failures == 0 ? 0 : 1;

@@ -17,6 +17,7 @@
 
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fusedlstm/layer_plan.h"
@@ -88,6 +89,42 @@ inline CellShape check_cell_bwd_args(const at::Tensor& grad_h, const at::Tensor&
     check_shape(x, {s.B, s.H}, name);
   }
   return s;
+}
+
+// Sizes of a whole cell step (lstm_cell_step): batch, input and hidden size.
+struct StepShape {
+  int64_t B, I, H;
+};
+
+// x [B, I], h and c [B, H], w_ih [4H, I], w_hh [4H, H], b_ih and b_hh [4H]
+// or None: the weights set I and H, x sets B.
+inline StepShape check_cell_step_args(const at::Tensor& x, const at::Tensor& h,
+                                      const at::Tensor& c, const at::Tensor& w_ih,
+                                      const at::Tensor& w_hh,
+                                      const std::optional<at::Tensor>& b_ih,
+                                      const std::optional<at::Tensor>& b_hh) {
+  check_dim(x, 2, "x");
+  check_floating(x, "x");
+  std::vector<std::pair<const at::Tensor*, const char*>> matrices = {
+      {&w_ih, "w_ih"}, {&w_hh, "w_hh"}, {&h, "h"}, {&c, "c"}};
+  std::vector<std::pair<const at::Tensor*, const char*>> biases;
+  if (b_ih.has_value()) biases.emplace_back(&*b_ih, "b_ih");
+  if (b_hh.has_value()) biases.emplace_back(&*b_hh, "b_hh");
+  for (const auto& [t, name] : matrices) check_dim(*t, 2, name);
+  for (const auto& [t, name] : biases) check_dim(*t, 1, name);
+  for (const auto& [t, name] : matrices) check_like(*t, x, name, "x");
+  for (const auto& [t, name] : biases) check_like(*t, x, name, "x");
+  const int64_t G = w_hh.size(0);
+  TORCH_CHECK(G > 0 && G % 4 == 0, "fusedlstm: w_hh must be [4H, H] with H > 0, got shape ",
+              w_hh.sizes());
+  const int64_t H = G / 4, I = w_ih.size(1), B = x.size(0);
+  check_shape(w_hh, {4 * H, H}, "w_hh");
+  check_shape(w_ih, {4 * H, I}, "w_ih");
+  check_shape(x, {B, I}, "x");
+  check_shape(h, {B, H}, "h");
+  check_shape(c, {B, H}, "c");
+  for (const auto& [t, name] : biases) check_shape(*t, {4 * H}, name);
+  return {B, I, H};
 }
 
 // The values of batch_sizes (packed input), checked: a non-empty 1-D int64
