@@ -161,6 +161,10 @@ main() {
   # The tree itself first on the path: with the in-place fallback, that is
   # where fusedlstm is.
   export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+  # The persistent CUDA kernels are opt-in until they have run on a GPU: on
+  # here, so that every GPU test and the bench's "cuda" backend take them
+  # where they fit (the per-step profile below turns them off again).
+  export FUSEDLSTM_PERSISTENT=1
   echo "fusedlstm device check: $(date -u +%Y-%m-%dT%H:%M:%SZ), results in $RESULTS"
   echo "commit: ${FUSEDLSTM_COMMIT:-$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo 'unknown (set FUSEDLSTM_COMMIT)')}"
 

@@ -164,8 +164,10 @@ inline std::vector<ClusterShape> grid_candidates(const DeviceFacts& dev, const L
   return out;
 }
 
-// FUSEDLSTM_PERSISTENT: "0" keeps every layer on the per-step path, "1" or
-// unset lets the selection below decide, "require" makes a layer that the
+// FUSEDLSTM_PERSISTENT: "0" or unset keeps every layer on the per-step path
+// (the default until these kernels have run on a GPU: their logic has been
+// checked only by the host emulation and the sm_90 compile gates), "1" lets
+// the selection below decide, "require" makes a layer that the
 // persistent kernels cannot take an error (tests use it to know which path
 // ran), "grid" is "require" with the grid tier only (to test that tier at
 // sizes a cluster would take).
@@ -173,8 +175,8 @@ enum class Mode { kOff, kAuto, kRequire, kGrid };
 
 inline std::optional<Mode> parse_mode(const char* value) {
   const std::string v = value ? value : "";
-  if (v.empty() || v == "1") return Mode::kAuto;
-  if (v == "0") return Mode::kOff;
+  if (v == "1") return Mode::kAuto;
+  if (v.empty() || v == "0") return Mode::kOff;
   if (v == "require") return Mode::kRequire;
   if (v == "grid") return Mode::kGrid;
   return std::nullopt;

@@ -159,7 +159,7 @@ void check_decide() {
   auto one_group = [](const ClusterShape&) { return 1; };
   const Decision big = decide(s, one_group);
   expect(big.shape && big.shape->grid && big.shape->concurrent == 1, "grid groups one launch at a time");
-  expect(parse_mode(nullptr) == Mode::kAuto && parse_mode("") == Mode::kAuto && parse_mode("1") == Mode::kAuto &&
+  expect(parse_mode(nullptr) == Mode::kOff && parse_mode("") == Mode::kOff && parse_mode("1") == Mode::kAuto &&
              parse_mode("0") == Mode::kOff && parse_mode("require") == Mode::kRequire &&
              parse_mode("grid") == Mode::kGrid && !parse_mode("yes"),
          "FUSEDLSTM_PERSISTENT values");
