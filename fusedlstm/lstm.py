@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 import warnings
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import backends
+from . import backends, regularisers
 
 
 def check_size(name: str, value, minimum: int = 1) -> None:
@@ -49,7 +48,12 @@ class FusedLSTM(nn.Module):
     """Multi-layer LSTM with fused kernels; a drop-in torch.nn.LSTM.
 
     Args are nn.LSTM's, plus `backend`: "auto", "cpu", "cuda", "triton" or
-    "reference" (see fusedlstm.backends; FUSEDLSTM_BACKEND overrides "auto").
+    "reference" (see fusedlstm.backends; FUSEDLSTM_BACKEND overrides "auto"),
+    and two regularisers of the recurrence, active in training mode only (see
+    fusedlstm.regularisers): `weight_dropout`, DropConnect on every W_hh with a
+    fresh mask per call, and `variational_dropout`, dropout on every layer's
+    input with one mask per sequence for all its steps. `dropout` keeps
+    nn.LSTM's meaning (a fresh mask per step, between layers).
 
     Shapes (L = num_layers, D = 2 if bidirectional else 1, P = proj_size or
     hidden_size): input [T, B, input_size] ([B, T, input_size] with
@@ -60,12 +64,12 @@ class FusedLSTM(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None, backend: str = "auto") -> None:
+                 proj_size: int = 0, device=None, dtype=None, backend: str = "auto",
+                 weight_dropout: float = 0.0, variational_dropout: float = 0.0) -> None:
         super().__init__()
-        if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
-                or not 0 <= dropout <= 1):
-            raise ValueError("dropout should be a number in range [0, 1] representing the "
-                             "probability of an element being zeroed")
+        for name, p in (("dropout", dropout), ("weight_dropout", weight_dropout),
+                        ("variational_dropout", variational_dropout)):
+            regularisers.check_probability(name, p)
         for name, flag in (("bias", bias), ("batch_first", batch_first),
                            ("bidirectional", bidirectional)):
             if not isinstance(flag, bool):
@@ -87,6 +91,7 @@ class FusedLSTM(nn.Module):
         self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
         self.dropout, self.proj_size = float(dropout), proj_size
         self.backend = backends.module_setting(backend)
+        self.weight_dropout, self.variational_dropout = float(weight_dropout), float(variational_dropout)
 
         factory = {"device": device, "dtype": dtype}
         gates, out_size = 4 * hidden_size, proj_size or hidden_size
@@ -141,7 +146,12 @@ class FusedLSTM(nn.Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
-        return s + f", backend={self.backend!r}"
+        s += f", backend={self.backend!r}"
+        if self.weight_dropout:
+            s += f", weight_dropout={self.weight_dropout}"
+        if self.variational_dropout:
+            s += f", variational_dropout={self.variational_dropout}"
+        return s
 
     # --- conversion to and from nn.LSTM ---------------------------------------------------
 
@@ -152,18 +162,22 @@ class FusedLSTM(nn.Module):
                     proj_size=self.proj_size)
 
     @classmethod
-    def from_lstm(cls, lstm: nn.LSTM, backend: str = "auto") -> "FusedLSTM":
-        """A FusedLSTM with `lstm`'s configuration, device, dtype and weights (copied)."""
+    def from_lstm(cls, lstm: nn.LSTM, backend: str = "auto", weight_dropout: float = 0.0,
+                  variational_dropout: float = 0.0) -> "FusedLSTM":
+        """A FusedLSTM with `lstm`'s configuration, device, dtype and weights (copied),
+        and the regularisers given (nn.LSTM has none)."""
         weight = lstm.weight_ih_l0
         fused = cls(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bias, lstm.batch_first,
                     lstm.dropout, lstm.bidirectional, lstm.proj_size, device=weight.device,
-                    dtype=weight.dtype, backend=backend)
+                    dtype=weight.dtype, backend=backend, weight_dropout=weight_dropout,
+                    variational_dropout=variational_dropout)
         fused.load_state_dict(lstm.state_dict())
         fused.train(lstm.training)
         return fused
 
     def to_lstm(self) -> nn.LSTM:
-        """An nn.LSTM with this module's configuration, device, dtype and weights (copied)."""
+        """An nn.LSTM with this module's configuration, device, dtype and weights (copied).
+        It has no weight_dropout or variational_dropout: it equals this module in eval()."""
         weight = self.weight_ih_l0
         lstm = nn.LSTM(**self._config(), device=weight.device, dtype=weight.dtype)
         lstm.load_state_dict(self.state_dict())
@@ -268,11 +282,15 @@ class FusedLSTM(nn.Module):
         h_n, c_n = [], []
         layer_input = x
         for layer in range(self.num_layers):
+            if self.training:
+                layer_input = regularisers.locked_dropout(layer_input, self.variational_dropout, batch_sizes)
             outputs = []
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
                 weights = [w.to(dtype) for w in self.all_weights[index]]
                 w_ih, w_hh = weights[0], weights[1]
+                if self.training:
+                    w_hh = regularisers.drop_connect(w_hh, self.weight_dropout)
                 w_hr = weights[-1] if self.proj_size else None
                 # Input projections of all steps in one GEMM, both biases folded in.
                 flat = layer_input.reshape(-1, layer_input.size(-1))
