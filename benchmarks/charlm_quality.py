@@ -8,10 +8,10 @@ Runs the implementations one after the other (never at the same time), each in
 a process of its own with `fusedlstm train`'s own loop and a preset (default:
 "default", sized to the corpus and the budget; with `nn` it has no weight or
 variational dropout, which torch.nn.LSTM lacks, so the `nn` run is the same
-trainer without the new regularisers), and writes <out>/results.json and <out>/results.md (a Markdown table), besides each run's
-folder (<out>/<impl>/: metrics.jsonl, loss.png, checkpoints). The conditions
-(torch version, threads, CPU, load average) go with the figures, since a busy
-machine changes them.
+trainer without the new regularisers), and writes <out>/results.json and
+<out>/results.md (a Markdown table), besides each run's folder (<out>/<impl>/:
+metrics.jsonl, loss.png, checkpoints). The conditions (torch version, threads,
+CPU, load average) go with the figures, since a busy machine changes them.
 """
 
 from __future__ import annotations
