@@ -42,7 +42,8 @@ def wait_for_lines(run_dir, count, process, timeout=90):
 
 def train_command(text, out, *extra):
     return [python(), "-m", "fusedlstm", "train", "--text", str(text), "--out", str(out),
-            "--embed", "16", "--hidden", "48", "--layers", "1", "--dropout", "0.2", "--seq-len", "16",
+            "--embed", "16", "--hidden", "48", "--layers", "1", "--dropout", "0.2", "--weight-dropout", "0",
+            "--variational-dropout", "0", "--seq-len", "16",
             "--batch-size", "8", "--lr", "0.01", "--device", "cpu", "--seed", "5", *extra]
 
 
