@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The one prepared check for the GPU machine (one H200; torch 2.11+cu130,
-# Python 3.12, no network): build the CUDA kernels for sm_90, run the whole
-# test suite (CUDA tests included), benchmark fp32 and bf16 with
-# `fusedlstm bench --device cuda`, list the kernels of three float32 cases
+# Python 3.12, no network): build the CUDA kernels for sm_90, test the
+# persistent kernels (their GPU tests, then compute-sanitizer racecheck and
+# synccheck on a small case), run the other GPU tests, benchmark fp32 and
+# bf16 with `fusedlstm bench --device cuda` (the "cuda" backend takes the
+# persistent kernels where they fit, cuDNN's nn.LSTM in the same run), list
+# the kernels of small-h128 on the per-step and the persistent path
 # (benchmarks/profile_kernels.py), and print the combined short table last.
 #
 #   [FUSEDLSTM_COMMIT=<hash>] bash benchmarks/device_check.sh [RESULTS_DIR]
@@ -11,12 +14,13 @@
 # default $OUT when set, else ./device-results. FUSEDLSTM_COMMIT names the
 # commit in results.json where the copied tree has no .git.
 #
-# Written to RESULTS_DIR (8 files, the most the device tool brings back):
+# Written to RESULTS_DIR (8 files):
 #   log.txt                                  everything printed, every phase
 #   junit.xml                                the GPU tests' results (the others': in log.txt)
 #   tests.txt                                one line per test as it ends, both test phases
 #                                            (FUSEDLSTM_TEST_LOG): kept when a timeout cuts
 #                                            pytest off before its summary
+#   persistent-junit.xml                     the persistent kernels' GPU tests
 #   fp32/{results.json,ratios.png}           `fusedlstm bench --dtype float32` (its table: in log.txt)
 #   bf16/{results.json,ratios.png}           `fusedlstm bench --dtype bfloat16`
 #
@@ -25,20 +29,25 @@
 # and makes the exit status 1.
 #
 # Time budget: under 8 minutes at worst. Each phase has its own timeout;
-# their sum with the 5 s grace of each (475 s) is the worst case. Times seen
-# on the H200 (2026-11-28, torch 2.11, third run, commit 62c5e73):
+# their sum with the 5 s grace of each (467 s) is the worst case. The CPU
+# tests are CI's (no GPU needed), so they are left out here. The timeouts
+# follow the times measured on the H200 (2026-11-28, torch 2.11, commit
+# 62c5e73, before the persistent kernels existed) where there are any:
 #   environment report        7 s       (timeout 12 s)
-#   build, sm_90, 16 jobs     34 s      (timeout 45 s)
-#   fusedlstm info            9 s: a first import of torch._inductor (timeout 12 s)
-#   GPU tests (-m cuda)       over 125 s with 12 workers, ~970 tests, the compile tests
-#                             last then (timeout 160 s; first: only a GPU runs them)
-#   CPU tests (the rest)      over 65 s with 12 workers (timeout 85 s; CI runs these too)
-#   bench float32             55 s for all 22 cases at 0.1 s per case (timeout 60 s)
-#   bench bfloat16            38 s (timeout 43 s)
-#   kernel profile            not yet run (timeout 18 s): benchmarks/profile_kernels.py on
-#                             small-h128, small-b8 and fastrnns in float32, nn.LSTM and the
-#                             CUDA backend: which kernels make our 84 ms at H=128 (third
-#                             run), and how busy the GPU is
+#   build, sm_90, 16 jobs     34 s      (timeout 75 s: persistent_kernels.cu adds ~30 s of
+#                                       nvcc on one core, not measured there)
+#   persistent GPU tests      not measured (timeout 60 s; ~195 tests, T = 5)
+#   compute-sanitizer         not measured (timeout 50 s: racecheck then synccheck, only
+#                                       the persistent kernels instrumented)
+#   GPU tests (-m cuda)       over 125 s with 12 workers, ~970 tests (timeout 100 s: what
+#                             ran is in tests.txt)
+#   bench float32             55 s for all 22 cases at 0.1 s per case (timeout 55 s)
+#   bench bfloat16            38 s (timeout 40 s)
+#   kernel profiles           not measured (timeouts 12 s and 18 s): benchmarks/profile_kernels.py
+#                             on small-h128 in float32, nn.LSTM and the CUDA backend, first with
+#                             FUSEDLSTM_PERSISTENT=0 (which kernels make the per-step path's 84 ms
+#                             at small-h128, benchmarks/RESULTS.md), then on the persistent
+#                             kernels (small-h128, small-b8)
 # tests/conftest.py starts the tests marked slow first, so that no long test
 # starts last.
 # A timeout sends SIGINT first, so that pytest can still write its summary and
@@ -115,23 +124,35 @@ linkage() {  # linkage SO: which C++ runtime the extension uses (setup.py, loade
   fi
 }
 
-tests() {  # tests MARKER [JUNIT_FILE]
-  local extra=()
-  if [ -n "${2:-}" ]; then extra+=(--junitxml="$RESULTS/$2"); fi
+tests() {  # tests MARKER JUNIT_FILE [PYTEST ARGS...]: tests/ by default
+  local marker=$1 junit=$2 extra=()
+  shift 2
+  extra+=(--junitxml="$RESULTS/$junit")
   if "$PYTHON" -c "import xdist" 2>/dev/null; then extra+=(-n 12); fi
   if "$PYTHON" -c "import pytest_timeout" 2>/dev/null; then extra+=(--timeout 100); fi
-  FUSEDLSTM_TEST_LOG="$RESULTS/tests.txt" "$PYTHON" -m pytest tests -q -rfE -p no:cacheprovider -m "$1" "${extra[@]}"
+  FUSEDLSTM_TEST_LOG="$RESULTS/tests.txt" "$PYTHON" -m pytest -q -rfE -p no:cacheprovider -m "$marker" \
+    "${extra[@]}" "${@:-tests}"
+}
+
+sanitize() {  # compute-sanitizer's racecheck and synccheck on the persistent kernels alone
+  local status=0 tool
+  for tool in racecheck synccheck; do
+    echo "--- compute-sanitizer --tool $tool"
+    compute-sanitizer --tool "$tool" --kernel-name kns=persistent_ --error-exitcode 1 \
+      "$PYTHON" "$ROOT/benchmarks/persistent_sanitize.py" || status=1
+  done
+  return "$status"
 }
 
 bench() {  # bench DTYPE DIR (float32: cuDNN and cuBLAS both without TF32)
   "$PYTHON" -m fusedlstm bench --device cuda --dtype "$1" --out "$RESULTS/$2" \
     --budget "$BENCH_BUDGET" --warmup 3 --tf32 off --no-progress
   local status=$?
-  rm -f "$RESULTS/$2/table.md"  # printed above, into log.txt: one file fewer than the device tool's 8
+  rm -f "$RESULTS/$2/table.md"  # printed above, into log.txt
   return "$status"
 }
 
-export -f environment build linkage tests bench
+export -f environment build linkage tests sanitize bench
 export ROOT RESULTS PYTHON BENCH_BUDGET
 
 main() {
@@ -143,14 +164,17 @@ main() {
   echo "commit: ${FUSEDLSTM_COMMIT:-$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo 'unknown (set FUSEDLSTM_COMMIT)')}"
 
   phase "environment" 12 environment
-  phase "build" 45 build
-  phase "fusedlstm info" 12 "$PYTHON" -m fusedlstm info
-  phase "GPU tests" 160 tests cuda junit.xml
-  phase "CPU tests" 85 tests "not cuda"
-  phase "bench float32" 60 bench float32 fp32
-  phase "bench bfloat16" 43 bench bfloat16 bf16
+  phase "build" 75 build
+  phase "persistent GPU tests" 60 tests cuda persistent-junit.xml tests/test_persistent.py
+  phase "compute-sanitizer" 50 sanitize
+  phase "GPU tests" 100 tests cuda junit.xml tests --ignore=tests/test_persistent.py
+  phase "bench float32" 55 bench float32 fp32
+  phase "bench bfloat16" 40 bench bfloat16 bf16
+  phase "kernel profile, per-step path" 12 env FUSEDLSTM_PERSISTENT=0 "$PYTHON" \
+    "$ROOT/benchmarks/profile_kernels.py" --device cuda --dtype float32 --shape small-h128 \
+    --providers nn.LSTM cuda --top 6
   phase "kernel profile" 18 "$PYTHON" "$ROOT/benchmarks/profile_kernels.py" --device cuda \
-    --dtype float32 --shape small-h128 --shape small-b8 --shape fastrnns --providers nn.LSTM cuda --top 6
+    --dtype float32 --shape small-h128 --shape small-b8 --providers nn.LSTM cuda --top 6
 
   echo
   if [ "${#FAILED[@]}" -eq 0 ]; then

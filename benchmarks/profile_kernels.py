@@ -11,9 +11,9 @@ time, or CPU ops without a GPU) of `--calls` profiled calls after one warm-up
 call, as launches per call and per step (T), average time per launch and
 share of the device time, the top `--top` by total time. The bench's shapes,
 weights and inputs (fusedlstm.bench.workloads), so a row of the bench table
-can be taken apart.
-Asked of it first on the H200 (benchmarks/device_check.sh): why the CUDA
-backend took 84 ms at small-h128 in float32, more than at H=256 (small-b8).
+can be taken apart: benchmarks/device_check.sh runs it on small-h128, where the
+CUDA backend takes 84 ms in float32, more than at H=256 (small-b8; see
+benchmarks/RESULTS.md), and on small-b8 and fastrnns beside it.
 """
 
 from __future__ import annotations

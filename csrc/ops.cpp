@@ -9,6 +9,14 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(fusedlstm, m) {
+  // Where every step of one layer and direction lives: one row (offset, rows,
+  // continuing, prev_offset) per step, in processing order, as defined in
+  // csrc/include/fusedlstm/layer_plan.h; built on the host for every backend.
+  //   batch_sizes: int64 [T] on the CPU (packed input) or None (dense, B rows
+  //   per step); reverse: the order runs from the last step to the first
+  // -> int64 [T, 4] CPU tensor
+  m.def("layer_plan(Tensor? batch_sizes, SymInt T, SymInt B, bool reverse) -> Tensor");
+
   // One step. gates: [B, 4H] pre-activations (x W_ih^T + b_ih + h W_hh^T +
   // b_hh, order i, f, g, o); c_prev: [B, H].
   // -> h: [B, H], c: [B, H], act: [B, 4H] post-activation gates.

@@ -1,36 +1,22 @@
 """Loading of the compiled extension `fusedlstm._C`, guarded.
 
-`import fusedlstm` works without it (the reference and Triton backends need
-no C++); the C++ backends then report why they are unavailable. Loading
-checks first that the build matches this process: the torch it was compiled
-against, and the SIMD instructions its CPU kernels use.
+`import fusedlstm` works without it; the backends, which all need it (the
+C++ kernels, or the layer plan it builds), then report why they are
+unavailable. Loading checks first that the build matches this process's torch.
+
+The CPU kernels are built for several SIMD levels (`build_info.CPU_CAPABILITIES`,
+best first) and loading chooses one for this process: the best level whose
+instructions this CPU has. FUSEDLSTM_CPU_CAPABILITY=AVX512, AVX2 or DEFAULT
+(any case), read at load, caps it, as ATEN_CPU_CAPABILITY caps ATen's kernels.
+A value naming no level built in leaves the CPU kernels unusable: `cpu_capability`
+is None, `cpu_capability_error` says why, and every CPU kernel raises that error.
 """
 
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 
 import torch
-
-# Instruction-set flags (/proc/cpuinfo) that each CPU_CAPABILITY needs.
-_REQUIRED_CPU_FLAGS = {
-    "AVX512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"},
-    "AVX2": {"avx2", "fma", "f16c"},
-    "DEFAULT": set(),
-}
-
-
-def _cpu_flags() -> set[str] | None:
-    """The CPU's instruction-set flags, or None where /proc/cpuinfo is missing."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return None
 
 
 def _mismatch(info) -> str | None:
@@ -38,12 +24,6 @@ def _mismatch(info) -> str | None:
         return (f"fusedlstm._C was built against torch {info.TORCH_VERSION} but torch "
                 f"{torch.__version__} is installed; reinstall fusedlstm "
                 f"(pip install --no-build-isolation .)")
-    flags = _cpu_flags()
-    missing = (_REQUIRED_CPU_FLAGS.get(info.CPU_CAPABILITY, set()) - flags) if flags is not None else set()
-    if missing:
-        return (f"fusedlstm._C was built for {info.CPU_CAPABILITY} CPUs but this CPU lacks "
-                f"{', '.join(sorted(missing))}; rebuild it here, or with "
-                f"FUSEDLSTM_CPU_CAPABILITY=AVX2 or DEFAULT")
     return None
 
 
@@ -62,7 +42,18 @@ def _load():
         return None, info, f"fusedlstm._C failed to load: {exc}"
 
 
+def _choose_cpu_capability(extension) -> tuple[str | None, str | None]:
+    if extension is None:
+        return None, None
+    try:
+        return extension.cpu_capability(), None
+    except ValueError as exc:
+        return None, str(exc)
+
+
 module, build_info, load_error = _load()
+# The SIMD level of the CPU kernels in this process, or why there is none.
+cpu_capability, cpu_capability_error = _choose_cpu_capability(module)
 
 
 def loaded() -> bool:

@@ -10,6 +10,7 @@
                  for CUDA ones
 
 FUSEDLSTM_BACKEND, when set, replaces "auto" for modules created afterwards.
+Meta tensors (shapes only) run through the ops' fake rules whatever the backend.
 Each backend offers `cell(gates, c_prev) -> (h, c)` and
 `layer(x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse) -> (output, h_n, c_n)`,
 both differentiable.
@@ -61,6 +62,11 @@ def _cuda_unavailable(device_type: str) -> str | None:
     return None
 
 
+def _plan_unavailable(device_type: str) -> str | None:
+    """Every backend's layer reads the layer plan, which fusedlstm._C builds."""
+    return None if _extension.loaded() else f"the layer plan needs fusedlstm._C: {_extension.load_error}"
+
+
 def _interpreter_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "off", "no")
 
@@ -85,6 +91,8 @@ def _triton_unavailable(device_type: str) -> str | None:
     if device_type == "cpu" and not _interpreter_requested():
         return ("the triton backend runs on CPU tensors only under the Triton interpreter: "
                 "set TRITON_INTERPRET=1 before fusedlstm.triton is imported")
+    if not _extension.loaded():
+        return _plan_unavailable(device_type)
     try:
         triton_ops = _triton_ops()
     except ImportError as exc:
@@ -99,9 +107,14 @@ BACKENDS: dict[str, Backend] = {
     "cpu": Backend("cpu", _cpu_unavailable, lambda: ops.cpp),
     "cuda": Backend("cuda", _cuda_unavailable, lambda: ops.cpp),
     "triton": Backend("triton", _triton_unavailable, lambda: _triton_ops().OPS),
-    "reference": Backend("reference", lambda device_type: None,
+    "reference": Backend("reference", _plan_unavailable,
                          lambda: SimpleNamespace(cell=reference.lstm_cell, layer=reference.lstm_layer)),
 }
+
+# Meta tensors (shapes without data, as nn.LSTM takes them) go through the C++ ops'
+# fake rules whatever the backend, or the reference where the extension is not built.
+SHAPES_ONLY = Backend("meta", lambda device_type: None,
+                      lambda: ops.cpp or BACKENDS["reference"].implementation())
 
 # Preference order of "auto" per device type.
 _AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
@@ -146,6 +159,8 @@ def module_setting(name: str) -> str:
 def resolve(name: str, device: torch.device) -> Backend:
     """The backend to run for tensors on `device`; a clear error if unusable."""
     device_type = device.type
+    if device_type == "meta":
+        return SHAPES_ONLY
     if name == AUTO:
         for candidate in _AUTO_ORDER.get(device_type, ("reference",)):
             backend = BACKENDS.get(candidate)

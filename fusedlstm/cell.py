@@ -11,8 +11,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-from . import backends
-from .lstm import check_hidden_dtype, check_same_device, check_size
+from . import backends, export_onnx
+from .checks import check_hidden_dtype, check_same_device, check_size
+from .layer import LayerWeights
+from .layer import run as run_layer
+from .lstm import autocast_enabled, refuse_torchscript
 
 
 class FusedLSTMCell(nn.Module):
@@ -47,6 +50,8 @@ class FusedLSTMCell(nn.Module):
         bound = 1.0 / math.sqrt(self.hidden_size)
         for weight in self.parameters():
             nn.init.uniform_(weight, -bound, bound)
+
+    __prepare_scriptable__ = refuse_torchscript
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
@@ -83,7 +88,7 @@ class FusedLSTMCell(nn.Module):
         params = self._parameters
         weights = (params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"])
         # Under autocast everything runs in autocast's dtype.
-        autocast = torch.is_autocast_enabled(device_type)
+        autocast = autocast_enabled(device_type)
         if x.dtype != weights[0].dtype and not (autocast and x.is_floating_point()):
             raise ValueError(f"LSTMCell input dtype ({x.dtype}) does not match weight dtype "
                              f"({weights[0].dtype})")
@@ -110,6 +115,11 @@ class FusedLSTMCell(nn.Module):
             if not autocast:
                 check_hidden_dtype(x, (h, c))
         check_same_device(x, weights[0], () if hx is None else (h, c))
+        if (torch.jit.is_tracing() or torch.compiler.is_exporting()) and export_onnx.in_onnx_export():
+            # ONNX has no cell operator: the step is ONNX's LSTM over one step.
+            _, h_next, c_next = run_layer(x.unsqueeze(0), LayerWeights(*weights, None), h, c, None,
+                                          False, self.backend)
+            return (h_next, c_next) if is_batched else (h_next.squeeze(0), c_next.squeeze(0))
         backend = backends.resolve(self.backend, x.device)
         if autocast:
             dtype = torch.get_autocast_dtype(device_type)

@@ -33,7 +33,8 @@ def info(args: argparse.Namespace) -> int:
     if build is not None:
         rows += [
             ("built against torch", build.TORCH_VERSION),
-            ("CPU kernels", f"C++, {build.CPU_CAPABILITY} vectors"),
+            ("CPU kernels", f"C++, {_extension.cpu_capability or _extension.cpu_capability_error or 'not loaded'}"
+                            f" (built for {', '.join(build.CPU_CAPABILITIES)}; FUSEDLSTM_CPU_CAPABILITY caps it)"),
             ("CUDA kernels", f"compiled (CUDA {build.CUDA_VERSION}, arch {build.CUDA_ARCH_LIST})"
              if _extension.has_cuda_kernels() else "not compiled"),
         ]

@@ -8,10 +8,13 @@ themselves checked against autograd in the tests.
 Shapes: B batch, H hidden size, P output size (proj_size or H), T steps. A
 layer's per-step tensors are dense, [T, B, *], or packed, [N, *] with
 N = sum(batch_sizes) and the rows of each step contiguous (PackedSequence's
-layout); step t involves only the first batch_sizes[t] sequences.
+layout); step t involves only the first batch_sizes[t] sequences. The layer
+functions walk the steps by the layer's plan (fusedlstm.plan), as every
+backend does.
 
 As in every backend, float16 and bfloat16 data is computed in float32 and
-the results rounded back.
+the results rounded back, and the arguments are checked first, by
+fusedlstm.checks (the C++ ops' rules and messages).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import functools
 
 import torch
 from torch import Tensor
+
+from . import checks, plan
 
 _REDUCED = (torch.float16, torch.bfloat16)
 
@@ -39,6 +44,32 @@ def _in_float32(fn):
     return wrapper
 
 
+def _checked_by(check):
+    """Run check(*args, **kwargs) (it raises on bad arguments), then fn."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            check(*args, **kwargs)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def _check_layer_fwd_args(x_proj, w_hh, h0, c0, w_hr=None, batch_sizes=None, reverse=False,
+                          save_for_backward=True):
+    checks.check_layer_args(x_proj, w_hh, h0, c0, w_hr, batch_sizes)
+
+
+def _check_layer_bwd_args(grad_output, grad_h_n, grad_c_n, w_hh, h0, c0, w_hr, batch_sizes, reverse,
+                          output, acts, cells, h_raw):
+    checks.check_layer_bwd_args(grad_output, grad_h_n, grad_c_n, w_hh, h0, c0, w_hr, batch_sizes,
+                                output, acts, cells, h_raw)
+
+
+@_checked_by(checks.check_cell_fwd_args)
 @_in_float32
 def lstm_cell_fwd(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """gates: [B, 4H] pre-activations (order i, f, g, o), c_prev: [B, H]
@@ -50,6 +81,7 @@ def lstm_cell_fwd(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor, Tensor
     return h, c, torch.cat([i, f, g, o], dim=1)
 
 
+@_checked_by(checks.check_cell_bwd_args)
 @_in_float32
 def lstm_cell_bwd(grad_h: Tensor, grad_c: Tensor, act: Tensor, c_prev: Tensor,
                   c: Tensor) -> tuple[Tensor, Tensor]:
@@ -67,35 +99,41 @@ def lstm_cell_bwd(grad_h: Tensor, grad_c: Tensor, act: Tensor, c_prev: Tensor,
 
 
 class _Steps:
-    """Rows of each step of a dense or packed layer input."""
+    """A layer's per-step tensors ([T, B, W] dense or [N, W] packed) viewed as
+    [rows, W] (`flat`) and walked in the order of the layer's plan
+    (fusedlstm.plan): entry k's rows are [offset, offset + rows)."""
 
-    def __init__(self, x_proj: Tensor, batch_sizes: Tensor | None, reverse: bool):
-        if batch_sizes is None:
-            self.T, B = x_proj.shape[0], x_proj.shape[1]
-            self.sizes = [B] * self.T
-        else:
-            self.sizes = [int(n) for n in batch_sizes.tolist()]
-            self.T = len(self.sizes)
-        self.packed = batch_sizes is not None
-        self.offsets = [sum(self.sizes[:t]) for t in range(self.T)]
-        self.order = list(range(self.T))[::-1] if reverse else list(range(self.T))
+    def __init__(self, per_step: Tensor, batch_sizes: Tensor | None, reverse: bool, B: int):
+        self.dense = batch_sizes is None
+        self.T = per_step.shape[0] if self.dense else batch_sizes.shape[0]
+        self.B = B
+        self.plan = plan.entries(batch_sizes, self.T, B, reverse)
 
-    def rows(self, tensor: Tensor, t: int) -> Tensor:
-        if self.packed:
-            return tensor[self.offsets[t]:self.offsets[t] + self.sizes[t]]
-        return tensor[t]
+    @staticmethod
+    def flat(tensor: Tensor) -> Tensor:
+        return tensor.reshape(-1, tensor.shape[-1])
 
-    def join(self, per_step: list[Tensor]) -> Tensor:
-        return torch.cat(per_step) if self.packed else torch.stack(per_step)
+    @staticmethod
+    def rows(flat: Tensor, s: plan.StepPlan) -> Tensor:
+        """Entry s's rows of a flat per-step tensor."""
+        return flat[s.offset:s.offset + s.rows]
 
-    def previous(self, k: int) -> tuple[int | None, int]:
-        """(step processed before order[k], rows continuing from it)."""
-        if k == 0:
-            return None, 0
-        prev = self.order[k - 1]
-        return prev, min(self.sizes[prev], self.sizes[self.order[k]])
+    @staticmethod
+    def previous(flat: Tensor, s: plan.StepPlan, initial: Tensor) -> Tensor:
+        """What entry s starts from: rows b < s.continuing of the entry
+        processed before it (in a flat per-step tensor), initial[b] ([B, W])
+        for the others."""
+        carried = flat[s.prev_offset:s.prev_offset + s.continuing]
+        return torch.cat([carried, initial[s.continuing:s.rows]])
+
+    def join(self, per_entry: list[Tensor]) -> Tensor:
+        """Entry k's rows, at [k] -> a per-step tensor."""
+        in_row_order = [per_entry[k] for k in sorted(range(self.T), key=lambda k: self.plan[k].offset)]
+        joined = torch.cat(in_row_order)
+        return joined.view(self.T, self.B, joined.shape[-1]) if self.dense else joined
 
 
+@_checked_by(_check_layer_fwd_args)
 @_in_float32
 def lstm_layer_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Tensor | None = None,
                    batch_sizes: Tensor | None = None, reverse: bool = False,
@@ -108,18 +146,24 @@ def lstm_layer_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: T
     cells [.., H] and h_raw [.., H] (o * tanh(c), the projection's input; empty
     without w_hr); the last three are empty when save_for_backward is False.
     """
-    steps = _Steps(x_proj, batch_sizes, reverse)
+    steps = _Steps(x_proj, batch_sizes, reverse, h0.shape[0])
+    # The latest state of each sequence (row b: sequence b). Entry s's rows
+    # b < s.rows take part: h[:n] and c[:n] hold the previous entry's values
+    # for b < s.continuing and, untouched so far, h0 and c0 for the others.
     h, c = h0, c0
-    outs, acts, cells, raws = [None] * steps.T, [None] * steps.T, [None] * steps.T, [None] * steps.T
-    for t in steps.order:
-        n = steps.sizes[t]
-        gates = steps.rows(x_proj, t) + h[:n] @ w_hh.t()
+    x_rows = steps.flat(x_proj)
+    outs, acts, cells, raws = [], [], [], []
+    for s in steps.plan:
+        n = s.rows
+        gates = steps.rows(x_rows, s) + h[:n] @ w_hh.t()
         h_t, c_t, act_t = lstm_cell_fwd(gates, c[:n])
-        raws[t] = h_t
+        raws.append(h_t)
         if w_hr is not None:
             h_t = h_t @ w_hr.t()
         h, c = torch.cat([h_t, h[n:]]), torch.cat([c_t, c[n:]])
-        outs[t], acts[t], cells[t] = h_t, act_t, c_t
+        outs.append(h_t)
+        acts.append(act_t)
+        cells.append(c_t)
     empty = x_proj.new_empty(0)
     return (steps.join(outs), h, c,
             steps.join(acts) if save_for_backward else empty,
@@ -127,6 +171,7 @@ def lstm_layer_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: T
             steps.join(raws) if save_for_backward and w_hr is not None else empty)
 
 
+@_checked_by(_check_layer_bwd_args)
 @_in_float32
 def lstm_layer_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_c_n: Tensor | None,
                    w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Tensor | None,
@@ -134,22 +179,25 @@ def lstm_layer_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_c_n
                    cells: Tensor, h_raw: Tensor):
     """Gradients of lstm_layer_fwd (None grads are zero)
     -> grad_x_proj, grad_w_hh, grad_h0, grad_c0, grad_w_hr (empty without w_hr)."""
-    steps = _Steps(acts, batch_sizes, reverse)
+    steps = _Steps(acts, batch_sizes, reverse, h0.shape[0])
+    # dL/dh and dL/dc reaching each sequence's latest state, walking back.
     dh = grad_h_n if grad_h_n is not None else torch.zeros_like(h0)
     dc = grad_c_n if grad_c_n is not None else torch.zeros_like(c0)
+    out_rows, acts_rows, cells_rows = steps.flat(output), steps.flat(acts), steps.flat(cells)
+    go_rows = steps.flat(grad_output) if grad_output is not None else None
+    raw_rows = steps.flat(h_raw) if w_hr is not None else None
     grad_x = [None] * steps.T
     grad_w_hh = torch.zeros_like(w_hh)
     grad_w_hr = torch.zeros_like(w_hr) if w_hr is not None else None
     for k in reversed(range(steps.T)):
-        t = steps.order[k]
-        n = steps.sizes[t]
-        prev, m = steps.previous(k)
-        h_prev = h0[:n] if prev is None else torch.cat([steps.rows(output, prev)[:m], h0[m:n]])
-        c_prev = c0[:n] if prev is None else torch.cat([steps.rows(cells, prev)[:m], c0[m:n]])
-        act_t, c_t = steps.rows(acts, t), steps.rows(cells, t)
-        dh_out = dh[:n] if grad_output is None else dh[:n] + steps.rows(grad_output, t)
+        s = steps.plan[k]
+        n = s.rows
+        h_prev = steps.previous(out_rows, s, h0)
+        c_prev = steps.previous(cells_rows, s, c0)
+        act_t, c_t = steps.rows(acts_rows, s), steps.rows(cells_rows, s)
+        dh_out = dh[:n] if go_rows is None else dh[:n] + steps.rows(go_rows, s)
         if w_hr is not None:
-            grad_w_hr = grad_w_hr + dh_out.t() @ steps.rows(h_raw, t)
+            grad_w_hr = grad_w_hr + dh_out.t() @ steps.rows(raw_rows, s)
             dh_cell = dh_out @ w_hr
         else:
             dh_cell = dh_out
@@ -157,7 +205,7 @@ def lstm_layer_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_c_n
         grad_w_hh = grad_w_hh + d_gates.t() @ h_prev
         dh = torch.cat([d_gates @ w_hh, dh[n:]])
         dc = torch.cat([dc_prev, dc[n:]])
-        grad_x[t] = d_gates
+        grad_x[k] = d_gates
     return (steps.join(grad_x), grad_w_hh, dh, dc,
             grad_w_hr if grad_w_hr is not None else acts.new_empty(0))
 

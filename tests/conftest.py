@@ -1,4 +1,4 @@
-"""Session-wide test setup.
+"""Test setup for the whole run.
 
 The Triton backend's tests run on machines without a GPU through Triton's
 interpreter, which is switched on by TRITON_INTERPRET=1 and only counts if
@@ -10,7 +10,7 @@ The rule, explicit so that a run says which Triton it tested:
   * TRITON_INTERPRET set in the environment: left as it is (TRITON_INTERPRET=0
     on a CPU-only machine skips the Triton tests for CPU tensors, with the
     reason; =1 on a GPU machine sends the CUDA tests through the interpreter).
-  * otherwise, no usable CUDA GPU: TRITON_INTERPRET=1 for the session, so
+  * otherwise, no usable CUDA GPU: TRITON_INTERPRET=1 for the run, so
     the Triton kernels are tested on CPU tensors (slow, hence small shapes).
   * otherwise: unset, so the GPU tests run the compiled kernels, which is
     what they are for; the interpreter would copy CUDA tensors to the host.
@@ -22,9 +22,16 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
 
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
+
+# The property tests' example counts (tests/test_properties.py): "ci" (the default) fits
+# the CI machine; `--hypothesis-profile=long` is a fuzz run of tens of minutes.
+settings.register_profile("ci", max_examples=40, deadline=None)
+settings.register_profile("long", max_examples=1500, deadline=None)
+settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +42,7 @@ def _one_thread_under_the_interpreter(request):
     and torch's OpenMP workers keep spinning after each GEMM, competing with
     it for the cores: one layer forward+backward (T=6, B=3, H=13, float64,
     per-step path) took 0.89 s with torch's default 2 threads and 0.26 s
-    with OMP_NUM_THREADS=1 on the 2-core CI machine (busy, 2026-11-28)."""
+    with OMP_NUM_THREADS=1 (2-core machine under load, 2026-11-28)."""
     params = getattr(getattr(request.node, "callspec", None), "params", {})
     uses_triton = params.get("backend") == "triton" or request.module.__name__ == "test_triton"
     if not (uses_triton and os.environ.get("TRITON_INTERPRET") == "1"):
@@ -53,8 +60,9 @@ def _one_thread_under_the_interpreter(request):
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked `slow` run first. Under pytest-xdist a long test that starts
-    last decides when the run ends: on the H200 (2026-11-28) the torch.compile
-    tests, collected last, were still running when the phase's time ran out."""
+    last decides when the run ends, and under a time limit (benchmarks/
+    device_check.sh) it is cut off: the torch.compile tests, collected last, take
+    the longest."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: order kept otherwise
 
 

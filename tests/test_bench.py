@@ -21,7 +21,7 @@ from fusedlstm.bench.cases import BASELINE, SHAPES
 from lstm_testing import assert_close
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ("tiny", "tiny-packed", "tiny-generate")
+TINY = ("tiny", "tiny-packed", "tiny-generate", "tiny-inference")
 
 
 def cpu_backends():
@@ -31,7 +31,7 @@ def cpu_backends():
 def test_shapes_are_consistent():
     for name, shape in SHAPES.items():
         assert shape.name == name
-        assert shape.kind in ("sequence", "packed", "generate")
+        assert shape.kind in ("sequence", "packed", *cases.INFERENCE_KINDS)
         assert shape.steps >= 1 and shape.batch >= 1
         assert all(i >= 1 and h >= 1 and layers >= 1 for i, h, layers in shape.stack)
         # Each module takes the previous one's output.
@@ -39,12 +39,13 @@ def test_shapes_are_consistent():
         assert set(shape.modes) <= set(cases.MODES)
         if shape.kind == "packed":
             assert 1 <= shape.min_length <= shape.steps
-        if shape.kind == "generate":
+        if shape.kind in cases.INFERENCE_KINDS:
             assert shape.modes == ("forward",)
 
 
-def test_default_shapes_are_the_issues():
-    # The issues' shapes, plus small-h128 for the Triton persistent kernel.
+def test_default_shapes_are_the_recorded_ones():
+    # The shapes of every recorded run (README, benchmarks/RESULTS.md): a changed
+    # size would make new figures incomparable with the recorded ones.
     dims = {name: SHAPES[name].dims() for name in cases.default_shapes()}
     assert dims == {
         "fastrnns": "T=100 B=64 I=512 H=512",
@@ -55,6 +56,8 @@ def test_default_shapes_are_the_issues():
         "small-h128": "T=1000 B=8 I=64 H=128",
         "packed": "T=10..100 B=64 I=64 H=256 L=2",
         "generate": "1 step B=1 I=64 H=256 L=2",
+        "eval-t35": "T=35 B=10 I=128 H=128 L=2",
+        "token-b1": "T=1 B=1 I=128 H=128 L=2",
     }
 
 
@@ -67,6 +70,9 @@ def test_inputs_are_random_and_never_zero(name):
     assert 0.5 < leaf.std().item() < 1.5
     if shape.kind == "generate":
         assert leaf.shape == (shape.batch, shape.input_size)
+        return
+    if shape.kind == "inference":
+        assert leaf.shape == (shape.steps, shape.batch, shape.input_size) and not leaf.requires_grad
         return
     assert leaf.requires_grad
     if shape.kind == "sequence":
@@ -129,19 +135,25 @@ def test_the_timed_call_does_what_its_mode_says(name, mode):
         assert all(t.grad is None for t in tensors)
 
 
-def test_generation_carries_the_state_between_calls():
-    case = cases.Case(SHAPES["tiny-generate"], "forward", torch.float32, "cpu")
-    workload = workloads.build(case, BASELINE)
+@pytest.mark.parametrize("name", ["tiny-generate", "tiny-inference"])
+@pytest.mark.parametrize("provider", [BASELINE, "cpu"])
+def test_inference_carries_the_state_between_calls_and_records_no_graph(name, provider):
+    if provider != BASELINE and provider not in cpu_backends():
+        pytest.skip(f"backend {provider!r} unavailable on cpu")
+    case = cases.Case(SHAPES[name], "forward", torch.float32, "cpu")
+    workload = workloads.build(case, provider)
     first, second = workload.run(None), workload.run(None)
+    assert first.grad_fn is None and second.grad_fn is None
     assert not torch.equal(first, second)
     assert torch.equal(workload.forward_output(), workload.forward_output())
 
 
-def test_generation_has_no_backward_mode():
-    case = cases.Case(SHAPES["tiny-generate"], "backward", torch.float32, "cpu")
+@pytest.mark.parametrize("name", ["tiny-generate", "tiny-inference"])
+def test_inference_has_no_backward_mode(name):
+    case = cases.Case(SHAPES[name], "backward", torch.float32, "cpu")
     with pytest.raises(ValueError, match="inference only"):
         workloads.build(case, BASELINE)
-    assert all(c.mode == "forward" for c in cases.select("cpu", shapes=["tiny-generate"]))
+    assert all(c.mode == "forward" for c in cases.select("cpu", shapes=[name]))
 
 
 def test_timing_leaves_prepare_out_and_counts_calls():

@@ -2,6 +2,8 @@
 input mask per sequence): where the masks apply, how often they are drawn, the
 values against a hand-built reference, and that nothing else changes."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -234,3 +236,49 @@ def test_compiled_training_step_matches_eager(monkeypatch):
         results.append([logits.detach(), *[p.grad.clone() for p in model.parameters()]])
     torch.testing.assert_close(results[1], results[0], rtol=1e-5, atol=1e-5)
     assert not torch.equal(results[0][0], model.eval()(tokens))  # the masks were in effect
+
+
+# --- traced and exported graphs --------------------------------------------------------------
+
+def regularised_lstm():
+    torch.manual_seed(0)
+    return FusedLSTM(4, 6, num_layers=2, weight_dropout=0.5, variational_dropout=0.5)
+
+
+def traced(lstm, x, how):
+    if how == "torch.export":
+        return torch.export.export(lstm, (x,)).module()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return torch.jit.trace(lstm, (x,), check_trace=False)
+
+
+@pytest.mark.skipif(ops.cpp is None, reason="fusedlstm._C is not built")
+@pytest.mark.parametrize("how", ["torch.export", "torch.jit.trace"])
+def test_graphs_traced_in_training_mode_draw_fresh_masks_and_eval_graphs_none(how):
+    """The masks are drawn as ops in the graph, so a graph traced in training mode
+    draws new ones at every call; one traced in eval() has none and equals eager."""
+    lstm, x = regularised_lstm(), torch.randn(5, 3, 4)
+    training = traced(lstm.train(), x, how)
+    assert not torch.equal(training(x)[0], training(x)[0])
+    inference = traced(lstm.eval(), x, how)
+    with torch.no_grad():
+        assert torch.equal(inference(x)[0], inference(x)[0])
+        torch.testing.assert_close(inference(x)[0], lstm(x)[0], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_onnx_export_needs_eval_mode_when_the_regularisers_are_on(tmp_path):
+    """ONNX's LSTM has no dropout on its recurrence: training mode with the
+    regularisers on is refused with the way out; in eval() they are off and the
+    model exports."""
+    for name in ("onnx", "onnxscript"):
+        pytest.importorskip(name, reason=f"{name} is not installed (pip install '.[test]')")
+    lstm, x = regularised_lstm(), torch.randn(5, 3, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's own "exporting in training mode"
+        with pytest.raises(Exception, match="training mode with weight_dropout or "
+                                            "variational_dropout cannot be exported to ONNX.*eval"):
+            torch.onnx.export(lstm.train(), (x,), str(tmp_path / "train.onnx"), dynamo=True)
+        torch.onnx.export(lstm.eval(), (x,), str(tmp_path / "eval.onnx"), dynamo=True)
+    assert (tmp_path / "eval.onnx").stat().st_size > 0

@@ -8,6 +8,8 @@ Without a GPU these run through Triton's interpreter on CPU tensors
 parity suite (test_parity.py, test_cell.py) runs FusedLSTM with
 backend="triton" as well."""
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -20,9 +22,15 @@ from torch import nn
 
 pytest.importorskip("triton")
 
-from fusedlstm import FusedLSTM, backends, ops, reference  # noqa: E402
-from fusedlstm.triton import cell, layer, ops as triton_ops, persistent, streamed  # noqa: E402
-from fusedlstm.triton.steps import Steps  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
+
+from fusedlstm import FusedLSTM, backends, ops, plan, reference  # noqa: E402
+from fusedlstm.triton import cell, launch, layer, one_launch, ops as triton_ops, persistent, streamed  # noqa: E402
+from fusedlstm.triton.cell import tile_offsets  # noqa: E402
+from fusedlstm.triton.steps import Steps, entry_rows, plan_entry  # noqa: E402
+from fusedlstm.triton.streamed import half  # noqa: E402
 from lstm_testing import (LAYER_CONFIGS, LAYER_IDS, assert_close, assert_error_at_most_twice_pytorchs,  # noqa: E402
                           cell_sample, check_reduced_precision, forward_backward, grads_like, layer_sample,
                           make_input, opcheck_samples, skip_unless_rounding_matches, skip_unless_usable)
@@ -138,10 +146,10 @@ def test_cell_low_precision(on_cpu, dtype):
 
 
 def test_cell_rows_on_device_leave_other_rows(on_cpu):
-    """With `rows`, rows b >= sizes[t] are not written forward, and get zero gate
+    """With `rows`, rows b >= the plan entry's rows are not written forward, and get zero gate
     gradients backward while keeping their dc (what the packed layer relies on)."""
     gates, c_prev = cell_sample(B=4, H=5)
-    sizes, taking_part = torch.tensor([4, 2], dtype=torch.int32), slice(0, 2)
+    sizes, taking_part = plan.layer_plan(torch.tensor([4, 2]), 2, 4, False), slice(0, 2)  # entry 1: 2 rows
     c_state, act, h = c_prev.clone(), torch.full_like(gates, 7.0), torch.full_like(c_prev, 7.0)
     cell.lstm_cell_fwd(gates, c_state, out=(act, c_state, h), rows=(sizes, 1))
     h_ref, c_ref, act_ref = reference.lstm_cell_fwd(gates, c_prev)
@@ -246,7 +254,7 @@ def test_one_launch_kernels_set_every_buffer_they_write(on_cpu, monkeypatch, imp
         grads[1:] = [None, None]
     fwd, bwd = IMPLEMENTATIONS[implementation]
     steps = steps_of(x_proj, h0, batch_sizes, reverse)
-    module = persistent if implementation == "persistent" else streamed
+    module = one_launch  # where both kernels are launched
 
     saved = (0, 3, 4, 5)  # output, acts, cells, h_raw: the backward's inputs from the forward
     clean_fwd = fwd(x_proj, w_hh, h0, c0, w_hr, steps, True)
@@ -259,6 +267,115 @@ def test_one_launch_kernels_set_every_buffer_they_write(on_cpu, monkeypatch, imp
             assert a is None, name
         else:
             assert torch.equal(a, e), f"{name} depends on what a launcher-made buffer held"
+
+
+# --- the layer plan on the device, int64 offsets, the device guard ---------------------------
+
+@triton.jit
+def _read_plan_kernel(plan_ptr, out_ptr, T, B, REVERSE: tl.constexpr, PACKED: tl.constexpr):
+    for k in range(T):
+        offset, rows, continuing, prev_offset = plan_entry(plan_ptr, k, T, B, REVERSE, PACKED)
+        tl.store(out_ptr + 4 * k, offset)
+        tl.store(out_ptr + 4 * k + 1, rows)
+        tl.store(out_ptr + 4 * k + 2, continuing)
+        tl.store(out_ptr + 4 * k + 3, prev_offset)
+
+
+BIG = 2**31 - 1
+PLAN_CASES = {  # (batch_sizes, T, B): dense ones are computed in the kernels, packed ones read from the table
+    "dense": (None, 4, 3), "dense-T1": (None, 1, 5), "dense-past-int32": (None, 5, 2**30 + 3),
+    "packed": (torch.tensor([3, 2, 2, 1]), 4, 3), "packed-past-int32": (torch.tensor([BIG, BIG, 4]), 3, BIG),
+}
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("case", list(PLAN_CASES))
+def test_kernels_read_the_plan(on_cpu, case, reverse):
+    """steps.plan_entry, the kernels' reader of the plan, gives the builder's entries
+    (fusedlstm::layer_plan), for dense input too, where it computes them, with offsets
+    past 2^31 rows in int64."""
+    batch_sizes, T, B = PLAN_CASES[case]
+    table = plan.layer_plan(batch_sizes, T, B, reverse)
+    read = torch.full((T, 4), -1, dtype=torch.int64)
+    _read_plan_kernel[(1,)](table if batch_sizes is not None else None, read, T, B, REVERSE=reverse,
+                            PACKED=batch_sizes is not None)
+    assert torch.equal(read, table)
+
+
+@triton.jit
+def _offsets_kernel(plan_ptr, out_ptr, k, T, B, H, first_row, PACKED: tl.constexpr):
+    b = tl.arange(0, 4).to(tl.int64)                       # batch rows, as the one-launch kernels have them
+    four = tl.arange(0, 4)
+    row, active, row_prev, continues = entry_rows(plan_ptr, k, b, T, B, False, PACKED)
+    tl.store(out_ptr + four, row)
+    tl.store(out_ptr + 4 + four, row_prev)
+    tl.store(out_ptr + 8 + four, active.to(tl.int64))
+    tl.store(out_ptr + 12 + four, continues.to(tl.int64))
+    rows = first_row + four                                 # the cell kernels' rows: int32
+    gate, state = tile_offsets(rows, tl.arange(0, 2), H)    # [4, 2]
+    at = four[:, None] * 2 + tl.arange(0, 2)[None, :]
+    tl.store(out_ptr + 16 + at, gate)
+    tl.store(out_ptr + 24 + at, state)
+    tl.store(out_ptr + 32, half(k + 1, B, H))
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_offset_helpers_past_int32(on_cpu, packed):
+    """The kernels' element offsets that grow with the number of rows are int64 and do
+    not wrap past 2^31 elements (nothing that size is allocated): rows of a plan entry
+    (one-launch kernels), rows * 4H and rows * H (cell kernels), a double buffer's half
+    (streamed kernel). The interpreter wraps int32 arithmetic as a GPU does."""
+    B, T, k, H, first_row = 2**30 + 3, 3, 2, 1024, 2**28
+    batch_sizes = torch.tensor([B, B, 3]) if packed else None
+    table = plan.layer_plan(batch_sizes, T, B, False)
+    out = torch.zeros(33, dtype=torch.int64)
+    _offsets_kernel[(1,)](table if packed else None, out, k, T, B, H, first_row, PACKED=packed)
+    offset, rows, continuing, prev_offset = table[k].tolist()
+    b = torch.arange(4)
+    assert torch.equal(out[0:4], offset + b) and offset + 3 > 2**31
+    assert torch.equal(out[4:8], prev_offset + b)
+    assert torch.equal(out[8:12], (b < rows).long()) and torch.equal(out[12:16], (b < continuing).long())
+    r, u = (first_row + b)[:, None], torch.arange(2)[None, :]
+    assert torch.equal(out[16:24].view(4, 2), r * 4 * H + u) and out[16:24].max() > 2**31
+    assert torch.equal(out[24:32].view(4, 2), r * H + u)
+    assert out[32].item() == B * H  # half 1 of [2, B, H]
+
+
+def test_launch_device(monkeypatch):
+    """A launch runs on the device of its first CUDA tensor argument; CPU tensors (the
+    interpreter) and fake ones (tracing) need no guard."""
+    cpu = torch.zeros(1)
+    assert launch.launch_device([cpu, 3, None]) is None
+    if torch.version.cuda is None:
+        pytest.skip("fake CUDA tensors need a CUDA build of torch")
+    with FakeTensorMode():
+        on_1, on_0 = torch.empty(2, device="cuda:1"), torch.empty(2, device="cuda:0")
+    assert launch.launch_device([cpu, on_1, on_0]) is None
+    monkeypatch.setattr(launch, "is_fake", lambda t: False)  # stand-ins for real tensors of two GPUs
+    assert launch.launch_device([cpu, on_1, on_0]) == torch.device("cuda:1")
+    entered = []
+    monkeypatch.setattr(launch.torch.cuda, "device", lambda d: entered.append(d) or contextlib.nullcontext())
+    with launch.device_guard([None, on_1]):
+        pass
+    assert entered == [torch.device("cuda:1")]
+
+
+@pytest.mark.parametrize("implementation", list(IMPLEMENTATIONS))
+def test_every_launch_is_guarded(on_cpu, monkeypatch, implementation):
+    """Every launch of each layer implementation, forward and backward, and of the cell
+    ops, runs inside launch.device_guard with its arguments."""
+    args = layer_sample("packed", True, True, torch.float32)
+    grads = grads_like(reference.lstm_layer_fwd(*args)[:3], 4)
+    gates, c_prev = cell_sample(torch.float32)
+    with launch.capture_launches() as launches:
+        run_layer(implementation, args, grads=grads)
+        OPS.cell_fwd(gates, c_prev)
+    guarded = []
+    monkeypatch.setattr(launch, "device_guard", lambda values: guarded.append(values) or contextlib.nullcontext())
+    run_layer(implementation, args, grads=grads)
+    OPS.cell_fwd(gates, c_prev)
+    assert len(guarded) == len(launches) > 0
+    assert all(any(isinstance(v, torch.Tensor) for v in values) for values in guarded)
 
 
 # --- which implementation the layer ops run ---------------------------------------------------
@@ -312,6 +429,17 @@ def test_fused_lstm_on_each_implementation(on_cpu, monkeypatch, forced, dtype, k
     actual = forward_backward(fused, leaf, to_input, hx, torch.Generator().manual_seed(1))
     for name in expected:
         assert_close(actual[name], expected[name], dtype, name)
+
+
+@pytest.mark.parametrize("forced", list(IMPLEMENTATIONS))
+def test_layer_op_without_saving(on_cpu, monkeypatch, forced):
+    """The forward op alone (save_for_backward=False, as under torch.no_grad) returns six
+    distinct tensors, as a custom op must (the empty acts, cells and h_raw included)."""
+    monkeypatch.setattr(triton_ops, "layer_implementation", lambda H, P, dtype: forced)
+    args = layer_sample("packed", True, False)
+    results = OPS.layer_fwd(*args, False)
+    assert len({id(r) for r in results}) == 6 and all(r.numel() == 0 for r in results[3:])
+    assert_close(results[0], reference.lstm_layer_fwd(*args)[0], torch.float64, "output")
 
 
 @pytest.mark.parametrize("forced", list(IMPLEMENTATIONS))
@@ -423,8 +551,9 @@ def compile_kernels_for_sm90():
 
 @pytest.mark.slow
 def test_kernels_compile_for_sm90():
-    """Every Triton kernel compiles to machine code for the H200 and fits its shared
-    memory, checked without a GPU (the one lent to this project is rarely there)."""
+    """Every Triton kernel compiles to machine code for sm_90 (the H200) and fits its
+    shared memory, checked without a GPU, so that CI catches what only a GPU run
+    would otherwise show."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = "import test_triton; test_triton.compile_kernels_for_sm90()"
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env,
@@ -442,6 +571,25 @@ def test_budget_cli_reports_each_kernel():
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("cell_")]
     assert [row[:4] for row in rows] == [["cell_fwd", "fp32", "13", "13"], ["cell_bwd", "fp32", "13", "13"]]
     assert all(0 < int(row[5]) <= 255 and row[-1] == "yes" for row in rows), rows
+
+
+def test_triton_op_finds_every_kernel():
+    """torch.library.triton_op reads each op's source for the Triton kernels it launches
+    (torch.compile's caches hash them): the layer ops name those of all three
+    implementations, through the one-launch kernels' launchers. Run in a process without
+    the interpreter, whose kernels torch does not recognise."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("import json, fusedlstm.triton.ops; from torch._library import triton as t; "
+            "print(json.dumps({op: sorted(k.fn.__name__ for k in t.get_triton_kernels_for_op(op)) "
+            "for op in t.triton_ops_to_kernels if op.startswith('fusedlstm::')}))")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    found = json.loads(result.stdout.splitlines()[-1])
+    kernels = lambda *names: [f"_lstm_{name}_kernel" for name in names]  # noqa: E731
+    assert found == {"fusedlstm::triton_lstm_cell_fwd": kernels("cell_fwd"),
+                     "fusedlstm::triton_lstm_cell_bwd": kernels("cell_bwd"),
+                     "fusedlstm::triton_lstm_layer_fwd": kernels("cell_fwd", "persistent_fwd", "streamed_fwd"),
+                     "fusedlstm::triton_lstm_layer_bwd": kernels("cell_bwd", "persistent_bwd", "streamed_bwd")}
 
 
 @pytest.mark.skipif(ops.cpp is None, reason="fusedlstm._C is not built: no C++ schemas to compare")
@@ -521,7 +669,7 @@ def test_gpu_within_twice_cudnn_error(on_cuda, dtype, T, B, I, H, proj, kind):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64-per-step", "f32-persistent"])
-@pytest.mark.parametrize("sample", list(opcheck_samples()))  # one test each: all in one ran past 100 s on the H200
+@pytest.mark.parametrize("sample", list(opcheck_samples()))  # one test each: all in one took over 100 s on an H200
 def test_gpu_full_opcheck(on_cuda, dtype, sample):
     op_name, args = opcheck_samples("cuda", dtype)[sample]
     torch.library.opcheck(TRITON_OPS[op_name], args)

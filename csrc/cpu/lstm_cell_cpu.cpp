@@ -8,6 +8,7 @@
 #include "pointwise_cpu.h"
 
 namespace fusedlstm::cpu {
+inline namespace CPU_CAPABILITY {  // one copy per SIMD level (lstm_cpu.h)
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_fwd_cpu(const at::Tensor& gates,
                                                                  const at::Tensor& c_prev) {
@@ -65,4 +66,5 @@ std::tuple<at::Tensor, at::Tensor> lstm_cell_bwd_cpu(const at::Tensor& grad_h,
   return {grad_gates, grad_c_prev};
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace fusedlstm::cpu

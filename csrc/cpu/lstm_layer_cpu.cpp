@@ -1,18 +1,20 @@
 // One LSTM layer and direction on the CPU: the whole recurrence in C++.
 //
-// Forward, per step t (rows r < n = batch_sizes[t]):
+// The steps run in the order of the layer's plan (fusedlstm/layer_plan.h),
+// which says where each step's rows are and which continue from the step
+// processed before. Forward, per plan entry (rows r < n = its rows):
 //   gates[n, 4H] = h_prev[n, P] @ W_hh^T + x_proj[t]        (recurrent_gemm.h)
 //   act, c, h    = the gate math of gate_math.h, in the GEMM's epilogue
 //   out[t]       = h @ W_hr^T with a projection (a second product), else h
-// h_prev of row r is the previous step's output row, or h0[r] where the row
-// starts (reverse packed sequences); c lives in c_state, updated in place,
+// h_prev of row r is the previous entry's output row (r < continuing), or
+// h0[r] where the row starts (reverse packed sequences); c lives in c_state, updated in place,
 // in float for half types (as its gradient does in the backward), so that
 // rounding does not accumulate over the steps.
 //
 // Backward runs the steps in the opposite order. Per step, the recurrent
 // gradient (d_gates of the step processed after it, @ W_hh) is a product whose
 // epilogue runs the fused cell backward; the weight gradients are single GEMMs
-// over all steps after the loop.
+// over all steps after the loop (grad_w_hh: weight_gradients.h).
 //
 // All steps of a layer run inside one thread team (recurrent_gemm.h): each
 // thread owns a slice of the hidden units, and a barrier ends each phase.
@@ -25,36 +27,36 @@
 #include <ATen/ops/zeros.h>
 
 #include "fusedlstm/checks.h"
+#include "fusedlstm/layer_plan.h"
+#include "fusedlstm/weight_gradients.h"
 #include "lstm_cpu.h"
 #include "pointwise_cpu.h"
 #include "recurrent_gemm.h"
 
 namespace fusedlstm::cpu {
+inline namespace CPU_CAPABILITY {  // one copy per SIMD level (lstm_cpu.h)
 namespace {
 
-at::Tensor row_index(const std::vector<int64_t>& rows) {
+// The row of every sequence b in the step where it starts (entry k with
+// continuing <= b < rows: it reads h0[b] and c0[b]) and in the step where it
+// ends (the last entry it takes part in: the source of h_n[b]).
+at::Tensor first_rows(const LayerGeometry& g) {
+  std::vector<int64_t> rows(g.B);
+  for (const StepPlan& s : g.plan) {
+    for (int64_t b = s.continuing; b < s.rows; ++b) rows[b] = s.offset + b;
+  }
   return at::tensor(rows, at::TensorOptions().dtype(at::kLong));
 }
 
-// Row b of the result is row b of `per_step` [rows, width] in step step_of(b).
-template <typename StepOf>
-at::Tensor gather_rows(const LayerGeometry& g, const at::Tensor& per_step, const StepOf& step_of) {
+at::Tensor last_rows(const LayerGeometry& g) {
   std::vector<int64_t> rows(g.B);
-  for (int64_t b = 0; b < g.B; ++b) rows[b] = g.offset[step_of(b)] + b;
-  return per_step.index_select(0, row_index(rows));
+  for (int64_t k = 0; k < g.T; ++k) {
+    const StepPlan& s = g.plan[k];
+    const int64_t continuing_after = k + 1 < g.T ? g.plan[k + 1].continuing : 0;
+    for (int64_t b = continuing_after; b < s.rows; ++b) rows[b] = s.offset + b;
+  }
+  return at::tensor(rows, at::TensorOptions().dtype(at::kLong));
 }
-
-// Steps in which sequence b takes part: batch_sizes is non-increasing.
-int64_t length_of(const LayerGeometry& g, int64_t b) {
-  return std::upper_bound(g.batch_sizes.begin(), g.batch_sizes.end(), b,
-                          [](int64_t row, int64_t size) { return row >= size; }) -
-         g.batch_sizes.begin();
-}
-
-// The step in which row b last takes part (the source of h_n) and the one in
-// which it first does (where it reads h0).
-int64_t last_step(const LayerGeometry& g, int64_t b) { return g.reverse ? 0 : length_of(g, b) - 1; }
-int64_t first_step(const LayerGeometry& g, int64_t b) { return g.reverse ? length_of(g, b) - 1 : 0; }
 
 }  // namespace
 
@@ -99,9 +101,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       const auto gate_panels = team.share(gates_w.panels);
       const auto proj_panels = team.share(proj_w.panels);
       for (int64_t k = 0; k < g.T; ++k) {
-        const int64_t t = g.step(k), n = g.batch_sizes[t], off = g.offset[t];
-        const int64_t off_prev = k > 0 ? g.offset[g.step(k - 1)] : 0;
-        const RowSource<scalar_t> h_prev{out_p + off_prev * P, P, g.rows_from_previous(k), h0_p, P};
+        const StepPlan& s = g.plan[k];
+        const int64_t n = s.rows, off = s.offset;
+        const RowSource<scalar_t> h_prev{out_p + s.prev_offset * P, P, s.continuing, h0_p, P};
         const scalar_t* x = xp_p + off * G;
         scalar_t* hr_step = proj ? hr_p + (save_for_backward ? off : 0) * H : nullptr;
         scalar_t* h_dst = proj ? hr_step : out_p + off * P;
@@ -150,7 +152,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     });
   });
 
-  at::Tensor h_n = gather_rows(g, output, [&](int64_t b) { return last_step(g, b); });
+  at::Tensor h_n = output.index_select(0, last_rows(g));
   if (save_for_backward) {
     acts = acts.view(g.shape(G));
     cells = cells.view(g.shape(H));
@@ -221,15 +223,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
       const auto unit_panels = team.share(cell_w.panels);
       const auto out_panels = team.share(hh.panels);
       for (int64_t k = g.T - 1; k >= 0; --k) {
-        const int64_t t = g.step(k), n = g.batch_sizes[t], off = g.offset[t];
+        const StepPlan& s = g.plan[k];
+        const int64_t n = s.rows, off = s.offset;
         // Rows that continue into the step processed after this one get
         // dL/dh from its d_gates; the others (their last step) from grad_h_n.
-        const int64_t continuing = k + 1 < g.T ? g.rows_from_previous(k + 1) : 0;
-        const int64_t off_next = k + 1 < g.T ? g.offset[g.step(k + 1)] : 0;
+        const int64_t continuing = k + 1 < g.T ? g.plan[k + 1].continuing : 0;
+        const int64_t off_next = k + 1 < g.T ? g.plan[k + 1].offset : 0;
         const RowSource<scalar_t> d_next{gx_p + off_next * G, G, continuing, zero_p, 0};
         // c_prev of row r: the previous step's cell, or c0 where r starts.
-        const int64_t from_prev = g.rows_from_previous(k);
-        const scalar_t* cells_prev = k > 0 ? cells_p + g.offset[g.step(k - 1)] * H : nullptr;
+        const int64_t from_prev = s.continuing;
+        const scalar_t* cells_prev = k > 0 ? cells_p + s.prev_offset * H : nullptr;
         const int64_t u0 = std::min(H, unit_panels.first * cell_w.cols);
         const int64_t u1 = std::min(H, unit_panels.second * cell_w.cols);
         for (int64_t gate = 0; gate < 4; ++gate) {
@@ -292,33 +295,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   });
 
   // dL/dh0 of row b: its first step's d_gates @ W_hh.
-  const at::Tensor first_d_gates = gather_rows(g, grad_x, [&](int64_t b) { return first_step(g, b); });
-  at::Tensor grad_h0 = at::mm(first_d_gates, w_hh_c);  // [B, P]
-
-  // grad_w_hh = sum over steps of d_gates^T @ h_prev, h_prev of a row being
-  // the previous step's output row, or h0 where the row starts.
-  at::Tensor grad_w_hh;  // [4H, P]
-  if (!g.packed) {
-    // Dense: the first step processed reads h0, every other one its
-    // predecessor, whose rows sit one step away: two GEMMs on views, no copy.
-    const int64_t shifted = g.rows - g.B;
-    grad_w_hh = at::mm(grad_x.narrow(0, g.offset[g.step(0)], g.B).t(), h0c);
-    grad_w_hh.addmm_(grad_x.narrow(0, reverse ? 0 : g.B, shifted).t(),
-                     out2.narrow(0, reverse ? g.B : 0, shifted));
-  } else {
-    std::vector<int64_t> to_prev, from_out, to_h0, from_h0;
-    for (int64_t k = 0; k < g.T; ++k) {
-      const int64_t t = g.step(k), off = g.offset[t], from_prev = g.rows_from_previous(k);
-      for (int64_t r = 0; r < g.batch_sizes[t]; ++r) {
-        (r < from_prev ? to_prev : to_h0).push_back(off + r);
-        (r < from_prev ? from_out : from_h0).push_back(r < from_prev ? g.offset[g.step(k - 1)] + r : r);
-      }
-    }
-    at::Tensor h_prev = at::empty({g.rows, P}, opts);
-    h_prev.index_copy_(0, row_index(to_prev), out2.index_select(0, row_index(from_out)));
-    h_prev.index_copy_(0, row_index(to_h0), h0c.index_select(0, row_index(from_h0)));
-    grad_w_hh = at::mm(grad_x.t(), h_prev);
-  }
+  at::Tensor grad_h0 = at::mm(grad_x.index_select(0, first_rows(g)), w_hh_c);  // [B, P]
+  at::Tensor grad_w_hh = recurrent_weight_grad(g, grad_x, out2, h0c);         // [4H, P]
   at::Tensor grad_w_hr = at::empty({0}, opts);
   if (proj) {
     grad_w_hr = at::mm(dh_out.t(), h_raw.contiguous().view({g.rows, H}));  // [P, H]
@@ -326,4 +304,5 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   return {grad_x.view(g.shape(G)), grad_w_hh, grad_h0, dc_state.to(acts.scalar_type()), grad_w_hr};
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace fusedlstm::cpu

@@ -2,8 +2,8 @@
 // include/fusedlstm/gate_math.h on at::vec vectors), used by the cell and the
 // layer ops. Half and bfloat16 rows are computed in float.
 //
-// The vector width is the one this extension was compiled for (setup.py sets
-// CPU_CAPABILITY from the build machine: 16 floats with AVX-512, 8 with AVX2).
+// The vector width is that of the SIMD level this copy is compiled for
+// (CPU_CAPABILITY: 16 floats with AVX-512, 8 with AVX2; lstm_cpu.h).
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -16,6 +16,7 @@
 namespace fusedlstm {
 
 namespace cpu {
+inline namespace CPU_CAPABILITY {  // one copy per SIMD level (lstm_cpu.h)
 
 // exp of float vectors, inlined: SLEEF's is a function call, around which the
 // fused epilogues must save every live vector register. Cody-Waite reduction
@@ -43,6 +44,7 @@ inline at::vec::Vectorized<double> exp_inline(const at::vec::Vectorized<double>&
   return x.exp();  // float64 runs in tests, not in hot loops: SLEEF's 1-ulp exp
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace cpu
 
 // Activations on SIMD vectors. tanh(x) = 2 sigmoid(2x) - 1: on the AVX-512
@@ -58,6 +60,7 @@ struct Activation<at::vec::Vectorized<S>> {
 };
 
 namespace cpu {
+inline namespace CPU_CAPABILITY {  // one copy per SIMD level (lstm_cpu.h)
 
 // Loads and stores of scalar_t memory as vectors of its math type; the
 // `count` forms touch only the first `count` lanes (the rest load as 0).
@@ -213,5 +216,6 @@ inline void parallel_rows(int64_t rows, int64_t H, const F& fn) {
   at::parallel_for(0, rows, grain, fn);
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace fusedlstm

@@ -1,6 +1,7 @@
 // The layer ops on CUDA tensors: argument checks, the device guard and the
 // current stream around the recurrence of lstm_layer_cuda.cuh, whose steps
-// run as kernel launches (KernelRows).
+// run as kernel launches (KernelRows), or around the persistent kernels
+// (persistent_layer_cuda.h) when they take the layer.
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -9,6 +10,7 @@
 #include "fusedlstm/checks.h"
 #include "lstm_cuda.h"
 #include "lstm_layer_cuda.cuh"
+#include "persistent_layer_cuda.h"
 
 namespace fusedlstm::cuda {
 
@@ -20,6 +22,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_cuda_tensor(x_proj, "x_proj");
   check_hidden_size_fits(g.H);
   const c10::cuda::CUDAGuard device_guard(x_proj.device());
+  // The cluster-resident kernels when they take the layer (sm_90, sizes within a cluster).
+  if (auto fast = persistent::try_layer_fwd_cuda(x_proj, w_hh, h0, c0, w_hr, batch_sizes, reverse, save_for_backward)) {
+    return *fast;
+  }
   return run_layer_fwd(KernelRows{at::cuda::getCurrentCUDAStream()}, g, x_proj, w_hh, h0, c0, w_hr,
                        save_for_backward);
 }
@@ -36,6 +42,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   check_cuda_tensor(acts, "acts");
   check_hidden_size_fits(g.H);
   const c10::cuda::CUDAGuard device_guard(acts.device());
+  if (auto fast = persistent::try_layer_bwd_cuda(grad_output, grad_h_n, grad_c_n, w_hh, h0, c0, w_hr, batch_sizes,
+                                                  reverse, output, acts, cells, h_raw)) {
+    return *fast;
+  }
   return run_layer_bwd(KernelRows{at::cuda::getCurrentCUDAStream()}, g, grad_output, grad_h_n,
                        grad_c_n, w_hh, h0, c0, w_hr, output, acts, cells, h_raw);
 }

@@ -6,7 +6,8 @@
 // the current stream, and tests/cpp/test_cuda_on_host.cu runs the same
 // per-thread code on the CPU, so that this file is exercised without a GPU.
 //
-// Forward, per step t (rows 0..n-1 of the step, n = batch_sizes[t]):
+// The steps run in the order of the layer's plan (fusedlstm/layer_plan.h).
+// Forward, per plan entry (rows 0..n-1 of the step, n = its rows):
 //   rec[n, 4H] = h_state[n, P] @ W_hh^T             cuBLAS GEMM (at::mm_out)
 //   act, c, h  = gates(x_proj[t] + rec, c_state)     _lstm_layer_fwd_kernel
 //   out[t]     = h @ W_hr^T   (with a projection; else out[t] = h)
@@ -14,15 +15,16 @@
 // that end (forward) or start (reverse) at different steps need no copies.
 //
 // Backward runs the steps in the opposite order: the fused cell backward
-// (_lstm_layer_bwd_kernel) and one GEMM per step for the recurrent gradient
-// dh_prev = d_gates @ W_hh; the weight gradients are single GEMMs over all
-// steps after the loop.
+// (_lstm_layer_bwd_kernel, c_prev from the plan's previous entry or c0) and
+// one GEMM per step for the recurrent gradient dh_prev = d_gates @ W_hh; the
+// weight gradients are single GEMMs over all steps after the loop
+// (grad_w_hh: fusedlstm/weight_gradients.h, shared with the CPU backend).
 //
 // Design choices:
 // - GEMMs go through ATen (at::mm_out into views of buffers allocated before
 //   the loop), which keeps cuBLAS and its heuristics, the current stream and
 //   the user's precision settings. The loop itself allocates nothing and
-//   never synchronises with the host (batch_sizes is read on the host before
+//   never synchronises with the host (the plan is built on the host before
 //   it), so it can be captured in a CUDA graph.
 // - The GEMM writes the recurrent part straight into the step's rows of
 //   `acts`, and the pointwise kernel reads x_proj + rec and overwrites them
@@ -32,12 +34,9 @@
 // - Without a projection the backward kernel adds grad_output to dh itself;
 //   with one, dL/d(out) is needed as a tensor for grad_w_hr, so it is formed
 //   by at::add_out into a buffer that the final GEMM reads.
-// - The backward kernel also gathers each step's GEMM input h_prev (the
-//   previous step's output rows or h0) for the weight-gradient GEMM: no
-//   per-step copies after the loop. With a projection, the forward saves
-//   h = o*tanh(c) of every step (h_raw, rounded once from float), which
-//   grad_w_hr needs; recomputing it from the rounded o and c had 2.3x
-//   cuDNN's error in float16 (H200, 2026-11-28).
+// - With a projection, the forward saves h = o*tanh(c) of every step (h_raw,
+//   rounded once from float), which grad_w_hr needs; recomputing it from the
+//   rounded o and c had 2.3x cuDNN's error in float16 (H200, 2026-11-28).
 // - Half and bfloat16: the gate math runs in float, and the cell state c and
 //   its gradient, which carry across steps and are touched only by these
 //   kernels, stay in float between steps (rounded to the data type only where
@@ -65,6 +64,8 @@
 
 #include "checks_cuda.h"
 #include "fusedlstm/checks.h"
+#include "fusedlstm/layer_plan.h"
+#include "fusedlstm/weight_gradients.h"
 #include "pointwise_cuda.cuh"
 
 namespace fusedlstm::cuda {
@@ -100,38 +101,24 @@ __global__ void _lstm_layer_fwd_kernel(LayerFwdStep<scalar_t, state_t> step) {
 // Arguments of one backward step; pointers are at row 0 of the step.
 template <typename scalar_t, typename state_t>
 struct LayerBwdStep {
-  int64_t n;          // rows of the step
-  int64_t from_prev;  // rows b < from_prev continue the previous step; the others start from h0/c0
+  int64_t n;           // rows of the step
+  int64_t continuing;  // rows b < continuing continue the previous entry; the others start from c0
   int H;
-  int64_t P;
   const scalar_t* dh;        // [n, H] dL/dh of the cell (dh_state, or dh_raw with a projection)
   const scalar_t* grad_out;  // [n, H] or null: the step's grad_output rows, added to dh
   state_t* dc;               // [n, H] in: dL/dc, out: dL/dc_prev
   const scalar_t* act;       // [n, 4H]
   const scalar_t* c;         // [n, H]
-  const scalar_t* c_prev;    // [from_prev, H]: the previous step's cells (null when from_prev == 0)
-  const scalar_t* out_prev;  // [from_prev, P]: the previous step's output rows
+  const scalar_t* c_prev;    // [continuing, H]: the previous entry's cells (null when continuing == 0)
   const scalar_t* c0;        // [B, H]
-  const scalar_t* h0;        // [B, P]
   scalar_t* d_gates;         // [n, 4H] -> grad_x_proj rows
-  scalar_t* h_prev;          // [n, P] -> the step's GEMM input (for grad_w_hh)
 
-  // The work of one thread: hidden units j..j+VEC-1 of row b, and the same
-  // columns of h_prev (of each stretch of H columns: one stretch unless P > H).
+  // The work of one thread: hidden units j..j+VEC-1 of row b.
   template <int VEC>
   FUSEDLSTM_HOST_DEVICE void units(int64_t b, int j) const {
-    const bool continues = b < from_prev;
     const int64_t g = b * 4 * H + j, u = b * H + j;
     lstm_bwd_units<VEC>(H, dh + u, grad_out ? grad_out + u : nullptr, dc + u, act + g,
-                        (continues ? c_prev : c0) + u, c + u, d_gates + g, dc + u);
-    const scalar_t* h_src = (continues ? out_prev : h0) + b * P;
-    scalar_t* h_dst = h_prev + b * P;
-    for (int64_t col = j; col < P; col += H) {
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        if (col + e < P) h_dst[col + e] = h_src[col + e];
-      }
-    }
+                        (b < continuing ? c_prev : c0) + u, c + u, d_gates + g, dc + u);
   }
 };
 
@@ -185,7 +172,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                      all_aligned(V * sizeof(state_t), cs_p);
 
     for (int64_t k = 0; k < g.T; ++k) {
-      const int64_t t = g.step(k), n = g.batch_sizes[t], off = g.offset[t];
+      // h_state's rows 0..n-1 hold each sequence's latest h: the previous
+      // entry's output for rows that continue, h0 for the others.
+      const StepPlan& s = g.plan[k];
+      const int64_t n = s.rows, off = s.offset;
       if (n == 0) continue;  // an empty batch (B == 0)
       const int64_t gate_row = save ? off : 0;  // also the step's first h_raw row
       at::Tensor rec = acts.narrow(0, gate_row, n);
@@ -251,7 +241,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_layer
       grad_c_n.has_value()
           ? grad_c_n->contiguous().to(state_type, /*non_blocking=*/false, /*copy=*/true)
           : at::zeros({g.B, H}, opts.dtype(state_type));
-  at::Tensor h_prev = at::empty({g.rows, P}, opts);  // every step's recurrent GEMM input
   // With a projection: dL/d(out) of every step (for grad_w_hr), and dL/dh
   // of the current step.
   at::Tensor dh_out_all = at::empty({proj ? g.rows : 0, P}, opts);
@@ -261,17 +250,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_layer
     using state_t = at::opmath_type<scalar_t>;
     const scalar_t* acts_p = kernel_input<scalar_t>(acts2, "acts");
     const scalar_t* cells_p = kernel_input<scalar_t>(cells2, "cells");
-    const scalar_t* out_p = kernel_input<scalar_t>(out2, "output");
     const scalar_t* go_p = go2.defined() ? kernel_input<scalar_t>(go2, "grad_output") : nullptr;
-    const scalar_t* h0_p = kernel_input<scalar_t>(h0c, "h0");
     const scalar_t* c0_p = kernel_input<scalar_t>(c0c, "c0");
     scalar_t* gx_p = kernel_output<scalar_t>(grad_x, "grad_x_proj");
     scalar_t* dhs_p = kernel_output<scalar_t>(dh_state, "dh_state");
     state_t* dcs_p = kernel_output<state_t>(dc_state, "dc_state");
-    scalar_t* hp_p = kernel_output<scalar_t>(h_prev, "h_prev");
     scalar_t* dhr_p = proj ? kernel_output<scalar_t>(dh_raw, "dh_raw") : nullptr;
     // As in the forward: aligned bases and H % V == 0 align every step's
-    // vector accesses (h_prev, out_prev and h0 are copied element-wise).
+    // vector accesses.
     constexpr int V = kVecWidth<scalar_t>;
     const bool vec =
         H % V == 0 &&
@@ -279,14 +265,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_layer
         all_aligned(V * sizeof(state_t), dcs_p);
 
     for (int64_t k = g.T - 1; k >= 0; --k) {
-      const int64_t t = g.step(k), n = g.batch_sizes[t], off = g.offset[t];
+      const StepPlan& s = g.plan[k];
+      const int64_t n = s.rows, off = s.offset;
       if (n == 0) continue;  // an empty batch (B == 0)
-      const int64_t prev_off = k > 0 ? g.offset[g.step(k - 1)] : 0;
       LayerBwdStep<scalar_t, state_t> step{};
       step.n = n;
-      step.from_prev = g.rows_from_previous(k);
+      step.continuing = s.continuing;
       step.H = static_cast<int>(H);
-      step.P = P;
       step.dh = dhs_p;
       step.grad_out = go_p ? go_p + off * P : nullptr;
       if (proj) {
@@ -304,12 +289,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_layer
       step.dc = dcs_p;
       step.act = acts_p + off * G;
       step.c = cells_p + off * H;
-      step.c_prev = k > 0 ? cells_p + prev_off * H : nullptr;
-      step.out_prev = k > 0 ? out_p + prev_off * P : nullptr;
+      step.c_prev = k > 0 ? cells_p + s.prev_offset * H : nullptr;
       step.c0 = c0_p;
-      step.h0 = h0_p;
       step.d_gates = gx_p + off * G;
-      step.h_prev = hp_p + off * P;
       if (vec) {
         rows.template run<V>(_lstm_layer_bwd_kernel<V, scalar_t, state_t>, step);
       } else {
@@ -320,7 +302,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_layer
     }
   });
 
-  at::Tensor grad_w_hh = at::mm(grad_x.t(), h_prev);  // [4H, P]
+  at::Tensor grad_w_hh = recurrent_weight_grad(g, grad_x, out2, h0c);  // [4H, P]
   at::Tensor grad_w_hr = proj ? at::mm(dh_out_all.t(), h_raw.contiguous().view({g.rows, H}))  // [P, H]
                               : at::empty({0}, opts);
   at::Tensor grad_c0 = dc_state.to(acts.scalar_type());  // dc_state itself when already that type

@@ -20,7 +20,8 @@ BASELINE = "nn.LSTM"
 
 # forward: the training forward (autograd records the graph); backward: only
 # the backward of a forward done outside the timed region; forward+backward:
-# both. "generate" shapes time one inference step instead (see Shape.kind).
+# both. "generate" and "inference" shapes time an inference forward instead
+# (see Shape.kind).
 MODES = ("forward", "backward", "forward+backward")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -29,6 +30,9 @@ DEVICES = ("cpu", "cuda")
 # Backends left out unless asked for by name: the pure-PyTorch oracle runs a
 # Python loop per step and would dominate the run time.
 OPT_IN_BACKENDS = ("reference",)
+
+
+INFERENCE_KINDS = ("generate", "inference")
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,11 @@ class Shape:
             "packed"    the same over a PackedSequence of B sequences whose
                         lengths are uniform in min_length..steps (unsorted);
             "generate"  one step of a stack of LSTM cells (layers of `stack`),
-                        batch B, the state carried from call to call.
+                        batch B, the state carried from call to call;
+            "inference" the modules of `stack` in eval() under no_grad over a
+                        dense [T, B, I] input, each module's (h, c) carried
+                        from call to call (evaluation, and with T=1 generation
+                        through the LSTM module itself).
     stack:  (input_size, hidden_size, num_layers) of each module, in order.
     steps:  T, the sequence length (the longest, for "packed").
     hidden: left out of the default selection (the tests' tiny shapes).
@@ -57,8 +65,8 @@ class Shape:
 
     @property
     def modes(self) -> tuple[str, ...]:
-        # Generation is inference: there is no backward to time.
-        return ("forward",) if self.kind == "generate" else MODES
+        # Inference: there is no backward to time.
+        return ("forward",) if self.kind in INFERENCE_KINDS else MODES
 
     @property
     def input_size(self) -> int:
@@ -90,11 +98,19 @@ SHAPES: dict[str, Shape] = {s.name: s for s in (
            "packed", [(64, 256, 2)], 100, 64, min_length=10),
     _shape("generate", "per-step generation latency: 2-layer LSTMCell stack at the character "
            "model's sizes, state carried", "generate", [(64, 256, 2)], 1, 1),
+    # pytorch/examples' word_language_model with H=128: its evaluation batches
+    # (bptt 35, eval batch 10), and its generate.py, which calls the LSTM module
+    # once per token at batch 1. Where per-call overhead shows.
+    _shape("eval-t35", "evaluation in eval() and no_grad, 2 layers, state carried "
+           "(word_language_model's evaluate)", "inference", [(128, 128, 2)], 35, 10),
+    _shape("token-b1", "one token at batch 1 through the 2-layer LSTM module, state carried "
+           "(word_language_model's generate.py)", "inference", [(128, 128, 2)], 1, 1),
     # Tiny shapes of each kind, for the harness's own tests.
     _shape("tiny", "test shape", "sequence", [(5, 7, 2)], 6, 3, hidden=True),
     _shape("tiny-packed", "test shape", "packed", [(5, 7, 1), (7, 4, 1)], 6, 4, min_length=2,
            hidden=True),
     _shape("tiny-generate", "test shape", "generate", [(5, 7, 2)], 1, 2, hidden=True),
+    _shape("tiny-inference", "test shape", "inference", [(5, 7, 2)], 3, 2, hidden=True),
 )}
 
 

@@ -73,6 +73,8 @@ def describe(device: str, command: str | None = None) -> dict:
         "fusedlstm_build": ({k: v for k, v in vars(build).items() if k.isupper()}
                             if build is not None else None),
         "extension": "loaded" if _extension.loaded() else _extension.load_error,
+        # The SIMD level of the C++ CPU kernels (or why they cannot run).
+        "cpu_capability": _extension.cpu_capability or _extension.cpu_capability_error,
         "device": device,
         "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),

@@ -58,15 +58,17 @@ def provider_modules(shape: Shape, provider: str, dtype: torch.dtype, device: st
 
 
 def make_input(shape: Shape, dtype: torch.dtype, device: str) -> tuple[Tensor, Tensor | PackedSequence]:
-    """(leaf, module input): a leaf that requires grad, and what the first
-    module takes -- the leaf itself ([T, B, I] or, for "generate", [B, I]),
-    or a PackedSequence whose data is the leaf ([N, I])."""
+    """(leaf, module input): a leaf that requires grad (except for inference
+    kinds), and what the first module takes -- the leaf itself ([T, B, I] or,
+    for "generate", [B, I]), or a PackedSequence whose data is the leaf ([N, I])."""
     generator = torch.Generator().manual_seed(SEED)
     T, B, I = shape.steps, shape.batch, shape.input_size
     if shape.kind == "generate":
         leaf = torch.randn(B, I, generator=generator, dtype=dtype).to(device)
         return leaf, leaf
     x = torch.randn(T, B, I, generator=generator, dtype=dtype).to(device)
+    if shape.kind == "inference":
+        return x, x
     if shape.kind == "sequence":
         leaf = x.requires_grad_()
         return leaf, leaf
@@ -84,6 +86,8 @@ def build(case: Case, provider: str) -> Workload:
     leaf, module_input = make_input(case.shape, case.dtype, case.device)
     if case.shape.kind == "generate":
         return generation_workload(case, modules, leaf)
+    if case.shape.kind == "inference":
+        return inference_workload(case, modules, leaf)
     return sequence_workload(case, modules, leaf, module_input)
 
 
@@ -127,15 +131,19 @@ def sequence_workload(case: Case, modules: list[nn.Module], leaf: Tensor, module
     raise ValueError(f"unknown mode {case.mode!r}")
 
 
+def _initial_states(case: Case, shapes: list[tuple[int, ...]]) -> list[tuple[Tensor, Tensor]]:
+    """A seeded random (h, c) per module, of the given shapes."""
+    if case.mode != "forward":
+        raise ValueError(f"{case.shape.kind} shapes time inference only, not {case.mode!r}")
+    generator = torch.Generator().manual_seed(SEED + 2)
+    return [tuple(torch.randn(shape, generator=generator, dtype=case.dtype).to(case.device)
+                  for _ in range(2)) for shape in shapes]
+
+
 def generation_workload(case: Case, cells: list[nn.Module], x: Tensor) -> Workload:
     """One step of the cell stack per call, x [B, I] in; the state (h, c) of
     every layer carried from one call to the next, as when sampling."""
-    if case.mode != "forward":
-        raise ValueError(f"generation shapes time inference only, not {case.mode!r}")
-    generator = torch.Generator().manual_seed(SEED + 2)
-    initial = [tuple(torch.randn(case.shape.batch, cell.hidden_size, generator=generator,
-                                 dtype=case.dtype).to(case.device) for _ in range(2))
-               for cell in cells]
+    initial = _initial_states(case, [(case.shape.batch, cell.hidden_size) for cell in cells])
     state = list(initial)
 
     def step(states: list) -> Tensor:
@@ -148,3 +156,24 @@ def generation_workload(case: Case, cells: list[nn.Module], x: Tensor) -> Worklo
 
     return Workload(prepare=lambda: None, run=lambda _: step(state),
                     forward_output=lambda: step(list(initial)))
+
+
+def inference_workload(case: Case, lstms: list[nn.Module], x: Tensor) -> Workload:
+    """The LSTM modules in eval() under no_grad over x [T, B, I] per call, each
+    module's state (h, c) carried from one call to the next (as an evaluation
+    loop over consecutive windows, or generation with T=1, does)."""
+    for lstm in lstms:
+        lstm.eval()
+    initial = _initial_states(case, [(lstm.num_layers, case.shape.batch, lstm.hidden_size)
+                                     for lstm in lstms])
+    state = list(initial)
+
+    def forward(states: list) -> Tensor:
+        h = x
+        with torch.no_grad():
+            for k, lstm in enumerate(lstms):
+                h, states[k] = lstm(h, states[k])
+        return h
+
+    return Workload(prepare=lambda: None, run=lambda _: forward(state),
+                    forward_output=lambda: forward(list(initial)))

@@ -11,8 +11,11 @@ file or the new one, never a partial one.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 import secrets
+import zipfile
 from pathlib import Path
 
 import torch
@@ -42,9 +45,10 @@ def save_atomic(obj: dict, path: str | Path) -> None:
 
 
 def remove_partial_writes(folder: str | Path) -> None:
-    """Delete temporary files that a killed save_atomic left in a run folder."""
-    for name in (BEST, LAST):
-        for tmp in Path(folder).glob(f".{name}.*.tmp"):
+    """Delete the temporary files that a killed writer left in a run folder: save_atomic's
+    (.best.pt.*.tmp, .last.pt.*.tmp) and those of metrics.jsonl and loss.png."""
+    for pattern in (f".{BEST}.*.tmp", f".{LAST}.*.tmp", "metrics.jsonl.tmp", "loss.tmp.png"):
+        for tmp in Path(folder).glob(pattern):
             tmp.unlink(missing_ok=True)
 
 
@@ -75,13 +79,56 @@ def resolve(path: str | Path, prefer: str = BEST) -> Path:
     return path
 
 
-def load(path: str | Path, prefer: str = BEST) -> dict:
-    """The checkpoint at `path` (file or run folder), tensors on the CPU."""
+OTHER_CHECKPOINT = "The other checkpoint of its run folder (best.pt or last.pt) may still be whole"
+
+# What a checkpoint must hold to be sampled from, and to be resumed.
+SAMPLING_KEYS = ("config", "vocab", "model")
+RESUMING_KEYS = (*SAMPLING_KEYS, "corpus", "prime_pool", "step", "optimizer", "train_state", "rng",
+                 "progress")
+
+
+def load(path: str | Path, prefer: str = BEST, needs: tuple[str, ...] = ()) -> dict:
+    """The checkpoint at `path` (file or run folder), tensors on the CPU; CharLMError
+    naming the file when it is damaged, foreign, or lacks one of `needs`."""
     file = resolve(path, prefer)
+    if not zipfile.is_zipfile(file):  # torch.save writes a zip archive
+        raise CharLMError(f"the checkpoint {str(file)!r} is damaged: it is not a PyTorch checkpoint "
+                          f"file (truncated, overwritten or never one). {OTHER_CHECKPOINT}")
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CharLMError(f"{str(file)!r} is not a fusedlstm char-LM checkpoint: it holds Python "
+                          "objects that are not loaded, for safety (weights_only)") from None
     except Exception as error:  # an unreadable file becomes a message, not a traceback
-        raise CharLMError(f"cannot load the checkpoint {str(file)!r}: {error}") from None
+        raise CharLMError(f"the checkpoint {str(file)!r} is damaged: {first_sentence(error)}. "
+                          f"{OTHER_CHECKPOINT}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CharLMError(f"{str(file)!r} is not a fusedlstm char-LM checkpoint (format {FORMAT})")
+    missing = [key for key in needs if key not in checkpoint]
+    if missing:
+        raise CharLMError(f"the checkpoint {str(file)!r} is incomplete: it has no "
+                          f"{', '.join(map(repr, missing))}. {OTHER_CHECKPOINT}")
     return checkpoint
+
+
+def first_sentence(error: BaseException) -> str:
+    """The gist of an error's message, on one line (a header ending in ':' keeps its
+    first item: load_state_dict's 'Error(s) in loading ...:' + 'size mismatch ...')."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    text = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return text.split(". ")[0].rstrip(".")
+
+
+@contextlib.contextmanager
+def reading(file: str | Path, what: str):
+    """Errors raised while a checkpoint's `what` is put to use (weights that do not fit
+    the saved configuration, an optimizer state of another model, ...) -> CharLMError
+    naming the file."""
+    try:
+        yield
+    except (CharLMError, KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as error:
+        reason = f"missing {error}" if isinstance(error, KeyError) else first_sentence(error)
+        raise CharLMError(f"the checkpoint {str(file)!r} is damaged or inconsistent: its {what} cannot "
+                          f"be used ({reason}). {OTHER_CHECKPOINT}") from None

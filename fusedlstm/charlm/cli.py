@@ -44,11 +44,14 @@ def add_commands(commands) -> None:
     train.add_argument("--eval-interval", type=int, metavar="N", help="steps between evaluations and checkpoints")
     train.add_argument("--val-fraction", type=float, metavar="F", help="held-out end of the text (default 0.05)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: cuda when available")
-    train.add_argument("--backend", metavar="NAME", help="FusedLSTM backend (auto, cpu, cuda, triton, reference)")
+    train.add_argument("--backend", type=_backend, metavar="NAME",
+                       help="FusedLSTM backend (auto, cpu, cuda, triton, reference)")
     train.add_argument("--lstm-impl", choices=LSTM_IMPLS,
                        help="fused: FusedLSTM (default); nn: torch.nn.LSTM, for comparison")
     train.add_argument("--precision", choices=PRECISIONS, help="auto (default): bf16 on CUDA, fp32 on CPU")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    train.add_argument("--overwrite", action="store_true",
+                       help="delete the run already in --out (its checkpoints, metrics and plot) and start anew")
     train.add_argument("--seed", type=int, metavar="S", help="random seed (default 0)")
     train.set_defaults(run=run_train)
 
@@ -66,7 +69,7 @@ def add_commands(commands) -> None:
     sample.add_argument("--seed", type=int, metavar="S", help="seed for reproducible text")
     sample.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="default: cuda when available")
-    sample.add_argument("--backend", default="auto", metavar="NAME", help="FusedLSTMCell backend")
+    sample.add_argument("--backend", type=_backend, default="auto", metavar="NAME", help="FusedLSTMCell backend")
     sample.set_defaults(run=run_sample)
 
 
@@ -78,6 +81,15 @@ def _sizes(value: str) -> list[int]:
     if any(n < 1 for n in sizes):
         raise argparse.ArgumentTypeError(f"hidden sizes must be positive, got {value!r}")
     return sizes
+
+
+def _backend(value: str) -> str:
+    from .. import backends
+
+    try:
+        return backends.check_name(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -96,10 +108,16 @@ def run_train(args: argparse.Namespace) -> int:
         if args.resume:
             if args.out is None:
                 raise CharLMError("--resume needs --out RUN_DIR: the run folder to continue")
+            if args.overwrite:
+                raise CharLMError("--resume continues the run in --out and --overwrite deletes it: "
+                                  "give one of them")
             result = train.resume(args.out, **overrides)
         else:
-            result = train.train(make_config(args.preset, **overrides))
+            result = train.train(make_config(args.preset, **overrides), overwrite=args.overwrite)
     except CharLMError as error:
+        print(f"fusedlstm train: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # the disk, not the program: one line naming the file
         print(f"fusedlstm train: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C while stopping: the files on disk stay whole
@@ -117,10 +135,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from .distributed import resolve_device
-    from .sample import sample
-
     try:
+        from .distributed import resolve_device
+        from .sample import sample
+
         prime, stream = sample(args.checkpoint, args.prime, args.length, args.temperature, args.top_k,
                                args.seed, str(resolve_device(args.device)), args.backend)
         sys.stdout.write(prime)
@@ -129,9 +147,13 @@ def run_sample(args: argparse.Namespace) -> int:
             sys.stdout.flush()
         sys.stdout.write("\n")
         sys.stdout.flush()
-    except CharLMError as error:
-        print(f"fusedlstm sample: error: {error}", file=sys.stderr)
-        return 1
     except BrokenPipeError:  # `| head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (CharLMError, OSError) as error:
+        print(f"fusedlstm sample: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C: keep what was printed, end its line
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        return 130
     return 0

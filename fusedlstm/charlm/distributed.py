@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .. import backends
 from .errors import CharLMError
 
 
@@ -68,6 +69,19 @@ def resolve_device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise CharLMError("--device cuda was asked for, but no CUDA GPU is visible to PyTorch")
     return torch.device(choice)
+
+
+def check_backend(name: str, device: torch.device) -> None:
+    """CharLMError unless the FusedLSTM backend `name` (or FUSEDLSTM_BACKEND for "auto")
+    can run on `device` here."""
+    try:
+        setting = backends.module_setting(name)
+    except ValueError as error:
+        raise CharLMError(f"{error} (--backend or {backends.ENV_VAR})") from None
+    reason = None if setting == backends.AUTO else backends.BACKENDS[setting].unavailable(device.type)
+    if reason is not None:
+        raise CharLMError(f"backend {setting!r} cannot run on {device.type} here: {reason}; pass "
+                          f"--backend with one that can: {', '.join(backends.available_backends(device))}")
 
 
 def start(device_choice: str) -> tuple[Group, torch.device]:

@@ -17,18 +17,35 @@ def bits(nats: float) -> float:
 class MetricsLog:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.damaged_lines = 0  # of the last read()
 
     def read(self) -> list[dict]:
+        """The records; lines that are not one (a kill mid-write leaves a partial last
+        line) are left out and counted in self.damaged_lines."""
+        self.damaged_lines = 0
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                records.append(record)
+            else:
+                self.damaged_lines += 1
+        return records
 
     def append(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps({k: record.get(k) for k in FIELDS}) + "\n")
 
     def keep_until(self, step: int) -> None:
-        """Drop lines after `step` (written after the checkpoint a run resumes from)."""
+        """Drop lines after `step` (written after the checkpoint a run resumes from), and
+        damaged ones."""
         kept = [r for r in self.read() if r["step"] <= step]
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))

@@ -19,6 +19,7 @@ from ..cell import FusedLSTMCell
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .corpus import Vocabulary
+from .distributed import check_backend
 from .errors import CharLMError
 from .model import CharLM, State
 
@@ -148,8 +149,13 @@ def sample(checkpoint_path, prime: str | None = None, length: int = 1000, temper
     file or run folder (its best.pt). Without `prime`, a random slice of the held-out
     text (chosen by `seed`)."""
     check_settings(temperature, top_k, length)
-    checkpoint = ckpt.load(checkpoint_path)
-    model, vocab = load_model(checkpoint, torch.device(device), backend)
+    device = torch.device(device)
+    check_backend(backend, device)
+    file = ckpt.resolve(checkpoint_path)
+    checkpoint = ckpt.load(file, needs=ckpt.SAMPLING_KEYS + (() if prime is not None else ("prime_pool",)))
+    with ckpt.reading(file, "configuration, vocabulary and weights"):
+        model, vocab = load_model(checkpoint, device, backend)
     if prime is None:
-        prime = default_prime(checkpoint, seed)
+        with ckpt.reading(file, "held-out text"):
+            prime = default_prime(checkpoint, seed)
     return prime, generate(model, vocab, prime, length, temperature, top_k, seed, backend)

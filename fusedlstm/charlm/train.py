@@ -26,6 +26,7 @@ losses exactly (same device type and process count).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -66,35 +67,66 @@ class TrainResult:
     main_process: bool    # rank 0 (the one that reports) or a single process
 
 
-def train(config: TrainConfig, progress: bool = True) -> TrainResult:
-    """A new run with `config`; its folder is config.out or runs/charlm-<time>."""
-    return _session(config, None, progress)
+def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -> TrainResult:
+    """A new run with `config`; its folder is config.out or runs/charlm-<time>.
+    `overwrite` deletes the files of a run already in that folder first."""
+    return _session(config, None, progress, overwrite)
 
 
 def resume(run_dir: str | Path, progress: bool = True, **overrides) -> TrainResult:
-    """Continue the run in `run_dir` from its last.pt. `overrides` may change the
-    budget, device, backend and precision (config.RESUMABLE_CHANGES); a new
-    budget restarts the cosine schedule's horizon from the current step."""
-    last = Path(run_dir) / ckpt.LAST
-    if not last.is_file():
-        raise CharLMError(f"nothing to resume: no {ckpt.LAST} in {str(run_dir)!r}")
-    checkpoint = ckpt.load(last)
+    """Continue the run in `run_dir` from its last.pt (best.pt when only that is
+    left). The folder is known by what it holds, however its path is spelled and
+    wherever it was moved (an `out` override is ignored). A run that stopped
+    before its first checkpoint starts over from step 0 with the configuration
+    in its config.json. `overrides` may change the budget, device, backend and
+    precision (config.RESUMABLE_CHANGES); a new budget restarts the cosine
+    schedule's horizon from the current step."""
+    run_dir = Path(run_dir)
+    overrides.pop("out", None)
     if overrides.get("text") is not None:
         overrides["text"] = str(Path(overrides["text"]).resolve())
-    saved = TrainConfig.from_dict(checkpoint["config"])
-    config = dataclasses.replace(resumed_config(saved, **overrides), out=str(Path(run_dir)))
+    if any((run_dir / name).is_file() for name in (ckpt.LAST, ckpt.BEST)):
+        file = ckpt.resolve(run_dir, ckpt.LAST)
+        checkpoint = ckpt.load(file, needs=ckpt.RESUMING_KEYS)
+        with ckpt.reading(file, "configuration, vocabulary or corpus record"):
+            saved = TrainConfig.from_dict(checkpoint["config"])
+            Vocabulary(checkpoint["vocab"])
+            str(checkpoint["corpus"]["sha256"])
+    else:
+        checkpoint, saved = None, _unstarted_run_config(run_dir)
+    config = dataclasses.replace(resumed_config(saved, **overrides), out=str(run_dir))
     if config.device == "cuda" and not torch.cuda.is_available():
         raise CharLMError(f"the run in {str(run_dir)!r} was trained with --device cuda, and no CUDA GPU "
                           "is visible to PyTorch here; pass --device cpu to continue it on the CPU")
+    if checkpoint is None:
+        print(f"fusedlstm: {str(run_dir)!r} has no checkpoint (the run stopped before its first): "
+              "starting it over from step 0", file=sys.stderr)
+        return _session(config, None, progress, overwrite=True)
     if any(overrides.get(k) is not None for k in BUDGET):
         checkpoint["progress"]["planned_steps"] = None
     return _session(config, checkpoint, progress)
 
 
-def _session(config: TrainConfig, checkpoint: dict | None, progress: bool) -> TrainResult:
+def _unstarted_run_config(run_dir: Path) -> TrainConfig:
+    """The configuration of a run that wrote no checkpoint, from its config.json."""
+    source = run_dir / "config.json"
+    if not (run_dir / "metrics.jsonl").is_file() and not source.is_file():
+        raise CharLMError(f"nothing to resume: no {ckpt.LAST} or {ckpt.BEST} in {str(run_dir)!r}")
+    try:
+        return TrainConfig.from_dict(json.loads(source.read_text()))
+    except (OSError, ValueError, TypeError, CharLMError) as error:
+        raise CharLMError(f"nothing to resume in {str(run_dir)!r}: it has no checkpoint, and its "
+                          f"config.json cannot be read ({ckpt.first_sentence(error)}); start the run "
+                          "over with --overwrite") from None
+
+
+def _session(config: TrainConfig, checkpoint: dict | None, progress: bool,
+             overwrite: bool = False) -> TrainResult:
     group, device = distributed.start(config.device)
     try:
-        return _Trainer(config, checkpoint, group, device, progress).run()
+        if config.lstm_impl == "fused":
+            distributed.check_backend(config.backend, device)
+        return _Trainer(config, checkpoint, group, device, progress, overwrite).run()
     finally:
         distributed.finish(group)
 
@@ -179,11 +211,56 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
+# --- the run folder --------------------------------------------------------------------------
+
+RUN_FILES = (ckpt.BEST, ckpt.LAST, "metrics.jsonl", "loss.png", "config.json")
+
+
+@contextlib.contextmanager
+def writing(run_dir: Path):
+    """OSError while creating or writing the run folder -> CharLMError naming it."""
+    try:
+        yield
+    except OSError as error:
+        raise CharLMError(f"cannot write the run folder {str(run_dir)!r}: {error.strerror or error} "
+                          f"({error.filename or run_dir}); give another --out") from None
+
+
+def prepare_run_dir(run_dir: Path, resumed_step: int | None, overwrite: bool) -> None:
+    """Make `run_dir` ready for a run: created if new, the temporary files a killed
+    run left removed; when resuming from `resumed_step`, metrics.jsonl cut back to
+    it; for a new run, refused if it holds one, unless `overwrite` (its files are
+    deleted then)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CharLMError(f"--out {str(run_dir)!r} is a file, not a folder: give a folder (a new one, "
+                          "or one holding a run to --resume)")
+    with writing(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_partial_writes(run_dir)
+        if resumed_step is not None:
+            log = MetricsLog(run_dir / "metrics.jsonl")
+            log.keep_until(resumed_step)
+            if log.damaged_lines:
+                print(f"fusedlstm: left out {log.damaged_lines} damaged line(s) of {log.path}",
+                      file=sys.stderr)
+            return
+        existing = [n for n in RUN_FILES[:3] if (run_dir / n).exists()]
+        if existing and not overwrite:
+            checkpointed = any(n in existing for n in (ckpt.BEST, ckpt.LAST))
+            what = "a run" if checkpointed else "a run that stopped before its first checkpoint"
+            again = "continue it" if checkpointed else "start it over"
+            raise CharLMError(f"{str(run_dir)!r} already holds {what} ({', '.join(existing)}): pass "
+                              f"--resume to {again}, --overwrite to replace it, or another --out")
+        if overwrite:
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+
+
 # --- the loop --------------------------------------------------------------------------------
 
 class _Trainer:
     def __init__(self, config: TrainConfig, checkpoint: dict | None, group: distributed.Group,
-                 device: torch.device, progress: bool) -> None:
+                 device: torch.device, progress: bool, overwrite: bool = False) -> None:
         self.group, self.device = group, device
         text, corpus_name = load_corpus(config.text)
         if checkpoint is None:
@@ -227,23 +304,32 @@ class _Trainer:
             self.saved_step = checkpoint["step"]
         self.show_progress = progress and group.is_main
         self._bar = None
-        self.run_dir = self._prepare_run_dir(checkpoint is not None)
+        self.run_dir = self._prepare_run_dir(checkpoint is not None, overwrite)
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
 
     # -- checkpoints ------------------------------------------------------------------------
 
     def _restore(self, checkpoint: dict) -> None:
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.progress.update(checkpoint["progress"])
+        file = ckpt.resolve(self.config.out, ckpt.LAST)  # the file resume() loaded
+        with ckpt.reading(file, "weights"):
+            self.model.load_state_dict(checkpoint["model"])
+        with ckpt.reading(file, "optimizer state"):
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        with ckpt.reading(file, "progress counters"):
+            self.progress.update(checkpoint["progress"])
         # The carried state of all streams, [L, B, H] per layer group; take this process's slice.
         local = self.config.batch_size // self.group.world
         rows = slice(self.group.rank * local, (self.group.rank + 1) * local)
-        self.state = [(h[:, rows].to(self.device), c[:, rows].to(self.device))
-                      for h, c in checkpoint["train_state"]]
+        with ckpt.reading(file, "carried stream state"):
+            self.state = [(h[:, rows].to(self.device), c[:, rows].to(self.device))
+                          for h, c in checkpoint["train_state"]]
+            expected = zero_state(self.model, local, self.device)
+            if [(h.shape, c.shape) for h, c in self.state] != [(h.shape, c.shape) for h, c in expected]:
+                raise ValueError("its shapes do not match the model and batch size")
         rngs = checkpoint["rng"]
         if len(rngs) == self.group.world:
-            set_rng_state(rngs[self.group.rank], self.device)
+            with ckpt.reading(file, "random number generator states"):
+                set_rng_state(rngs[self.group.rank], self.device)
         elif self.group.is_main:
             print(f"fusedlstm: the checkpoint was written by {len(rngs)} process(es), this run has "
                   f"{self.group.world}: dropout draws differ from an uninterrupted run", file=sys.stderr)
@@ -279,23 +365,16 @@ class _Trainer:
         if best:
             ckpt.save_atomic(checkpoint, self.run_dir / ckpt.BEST)
 
-    def _prepare_run_dir(self, resuming: bool) -> Path:
+    def _prepare_run_dir(self, resuming: bool, overwrite: bool) -> Path:
         if self.config.out is not None:
             run_dir = Path(self.config.out)
         else:
             run_dir = Path(self.group.from_main(
                 datetime.now().strftime("runs/charlm-%Y%m%d-%H%M%S")))
         if self.group.is_main:
-            if resuming:
-                MetricsLog(run_dir / "metrics.jsonl").keep_until(self.progress["step"])
-                ckpt.remove_partial_writes(run_dir)
-            else:
-                existing = [n for n in (ckpt.BEST, ckpt.LAST, "metrics.jsonl") if (run_dir / n).exists()]
-                if existing:
-                    raise CharLMError(f"{str(run_dir)!r} already holds a run ({', '.join(existing)}): "
-                                      f"pass --resume to continue it, or another --out")
-                run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+            prepare_run_dir(run_dir, self.progress["step"] if resuming else None, overwrite)
+            with writing(run_dir):
+                (run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         return run_dir
 
     # -- evaluation -------------------------------------------------------------------------

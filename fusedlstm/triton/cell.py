@@ -11,10 +11,13 @@ Optional operands (all None when unused) let the layer fuse its per-step
 work into the same launch, as the CPU kernels' lstm_fwd_row does:
   c_copy   [B, H]   a second destination for c (the saved cells of step t)
   h_copy   [B, H]   a second destination for h (the recurrent state)
-  rows     (sizes, t): only rows b < sizes[t] (an int32 tensor on the
-           device) take part; the others keep their state and, in the
-           backward, get zero gate gradients. The count is read on the
-           device, so the launcher never reads batch_sizes on the host.
+  rows     (plan, k): only the rows of entry k of the layer's plan (the
+           int64 [T, 4] table on the device, fusedlstm.plan) take part,
+           b < its rows; the others keep their state and, in the backward,
+           get zero gate gradients. The count is read on the device, so the
+           launcher never reads batch_sizes on the host.
+Element offsets are int64: rows * 4H passes 2^31 at sizes an H200 holds
+(B = 2^19 rows of H = 1024 in float16 is 4 GiB of gates).
 Destinations may alias sources element for element (c onto c_prev, act onto
 gates, dc_prev onto dc): each element is read before it is written, by the
 same program.
@@ -29,16 +32,25 @@ from torch import Tensor
 
 from .gate_math import gates_backward, gates_forward, load_gates, store_gates
 from .launch import math_dtype, wrap_triton
+from .steps import plan_entry
 
 
 @triton.jit
-def _active_rows(rows, n_ptr, step, B, N_ON_DEVICE: tl.constexpr):
-    """Mask of the rows that take part: rows < n_ptr[step], or < B."""
+def _active_rows(rows, plan_ptr, entry, B, N_ON_DEVICE: tl.constexpr):
+    """Mask of the rows that take part: rows < the plan entry's rows, or < B."""
     if N_ON_DEVICE:
-        n = tl.load(n_ptr + step)
+        _, n, _, _ = plan_entry(plan_ptr, entry, 0, B, False, True)
         return (rows < n) & (rows < B)
     else:
         return rows < B
+
+
+@triton.jit
+def tile_offsets(rows, units, H):
+    """Element offsets (int64) of (row, unit) in [B, 4H] gate rows and in
+    [B, H] state rows: ([BLOCK_B, BLOCK_H], [BLOCK_B, BLOCK_H])."""
+    r = rows.to(tl.int64)[:, None]
+    return r * (4 * H) + units[None, :], r * H + units[None, :]
 
 
 @triton.jit
@@ -46,7 +58,7 @@ def _lstm_cell_fwd_kernel(
     pre_ptr, c_prev_ptr,                   # [B, 4H], [B, H]
     act_ptr, c_ptr, h_ptr,                 # [B, 4H], [B, H], [B, H]
     c_copy_ptr, h_copy_ptr,                # [B, H] (HAS_C_COPY / HAS_H_COPY)
-    n_ptr, step,                           # int32 [T], step index (N_ON_DEVICE)
+    plan_ptr, entry,                       # int64 [T, 4] plan, entry index (N_ON_DEVICE)
     B, H,
     HAS_C_COPY: tl.constexpr, HAS_H_COPY: tl.constexpr,
     N_ON_DEVICE: tl.constexpr, MATH: tl.constexpr,
@@ -54,9 +66,8 @@ def _lstm_cell_fwd_kernel(
 ):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)   # [BLOCK_B]
     units = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)  # [BLOCK_H]
-    mask = _active_rows(rows, n_ptr, step, B, N_ON_DEVICE)[:, None] & (units < H)[None, :]
-    gate = rows[:, None] * (4 * H) + units[None, :]             # gate i of (row, unit)
-    state = rows[:, None] * H + units[None, :]
+    mask = _active_rows(rows, plan_ptr, entry, B, N_ON_DEVICE)[:, None] & (units < H)[None, :]
+    gate, state = tile_offsets(rows, units, H)                  # gate i of (row, unit); its c and h
 
     pi, pf, pg, po = load_gates(pre_ptr, gate, H, mask, MATH)
     c_prev = tl.load(c_prev_ptr + state, mask=mask, other=0.0).to(MATH)
@@ -77,7 +88,7 @@ def _lstm_cell_bwd_kernel(
     dh_ptr, dh_extra_ptr, dc_ptr,          # [B, H], [B, H] (HAS_DH_EXTRA, added), [B, H]
     act_ptr, c_prev_ptr, c_ptr,            # [B, 4H], [B, H], [B, H]
     d_gates_ptr, dc_prev_ptr,              # [B, 4H], [B, H]
-    n_ptr, step,                           # int32 [T], step index (N_ON_DEVICE)
+    plan_ptr, entry,                       # int64 [T, 4] plan, entry index (N_ON_DEVICE)
     B, H,
     HAS_DH_EXTRA: tl.constexpr, N_ON_DEVICE: tl.constexpr, MATH: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
@@ -85,9 +96,8 @@ def _lstm_cell_bwd_kernel(
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     units = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     in_tile = (rows < B)[:, None] & (units < H)[None, :]
-    mask = _active_rows(rows, n_ptr, step, B, N_ON_DEVICE)[:, None] & (units < H)[None, :]
-    gate = rows[:, None] * (4 * H) + units[None, :]
-    state = rows[:, None] * H + units[None, :]
+    mask = _active_rows(rows, plan_ptr, entry, B, N_ON_DEVICE)[:, None] & (units < H)[None, :]
+    gate, state = tile_offsets(rows, units, H)
 
     i, f, g, o = load_gates(act_ptr, gate, H, mask, MATH)
     c_prev = tl.load(c_prev_ptr + state, mask=mask, other=0.0).to(MATH)
@@ -109,8 +119,8 @@ def _lstm_cell_bwd_kernel(
 
 def _tiles(B: int, H: int) -> tuple[int, int]:
     """(BLOCK_B, BLOCK_H): about 1024 units (4096 gates) per program, the
-    whole row when H <= 128. Not tuned: no GPU measured this choice yet."""
-    block_h = min(triton.next_power_of_2(H), 128)
+    whole row when H <= 128. Not tuned: no timing stands behind this choice."""
+    block_h = min(triton.next_power_of_2(max(H, 1)), 128)
     block_b = min(triton.next_power_of_2(max(B, 1)), max(1, 1024 // block_h))
     return block_b, block_h
 
@@ -129,12 +139,12 @@ def lstm_cell_fwd(gates: Tensor, c_prev: Tensor, *, out: tuple[Tensor, Tensor, T
     B, H = c_prev.shape
     act, c, h = out if out is not None else (torch.empty_like(gates), torch.empty_like(c_prev),
                                              torch.empty_like(c_prev))
-    n_ptr, step, on_device = _row_count(rows)
+    plan_ptr, entry, on_device = _row_count(rows)
     block_b, block_h = _tiles(B, H)
-    if B > 0:
+    if B > 0 and H > 0:  # else there is nothing to compute
         grid = (triton.cdiv(B, block_b), triton.cdiv(H, block_h))
         wrap_triton(_lstm_cell_fwd_kernel)[grid](
-            gates, c_prev, act, c, h, c_copy, h_copy, n_ptr, step, B, H,
+            gates, c_prev, act, c, h, c_copy, h_copy, plan_ptr, entry, B, H,
             HAS_C_COPY=c_copy is not None, HAS_H_COPY=h_copy is not None,
             N_ON_DEVICE=on_device, MATH=math_dtype(gates.dtype), BLOCK_B=block_b, BLOCK_H=block_h)
     return h, c, act
@@ -152,12 +162,12 @@ def lstm_cell_bwd(grad_h: Tensor, grad_c: Tensor, act: Tensor, c_prev: Tensor, c
     B, H = c_prev.shape
     grad_gates, grad_c_prev = out if out is not None else (torch.empty_like(act),
                                                            torch.empty_like(c_prev))
-    n_ptr, step, on_device = _row_count(rows)
+    plan_ptr, entry, on_device = _row_count(rows)
     block_b, block_h = _tiles(B, H)
-    if B > 0:
+    if B > 0 and H > 0:  # else there is nothing to compute
         grid = (triton.cdiv(B, block_b), triton.cdiv(H, block_h))
         wrap_triton(_lstm_cell_bwd_kernel)[grid](
-            grad_h, grad_h_extra, grad_c, act, c_prev, c, grad_gates, grad_c_prev, n_ptr, step, B, H,
+            grad_h, grad_h_extra, grad_c, act, c_prev, c, grad_gates, grad_c_prev, plan_ptr, entry, B, H,
             HAS_DH_EXTRA=grad_h_extra is not None, N_ON_DEVICE=on_device,
             MATH=math_dtype(act.dtype), BLOCK_B=block_b, BLOCK_H=block_h)
     return grad_gates, grad_c_prev

@@ -8,6 +8,13 @@ pytorch/pytorch#185597 (torch 2.11 among them): it is launched directly
 there, as newer torch does itself. The name stays `wrap_triton` because
 torch finds a triton_op's kernels by looking for calls of that name.
 
+Every launch runs with the device of its CUDA tensor arguments current, as
+the C++ ops' device guard does: Triton compiles for and launches on the
+current device and its stream, so tensors of cuda:1 launched while cuda:0
+is current would be handed to the wrong GPU. For CPU tensors (the
+interpreter) and fake ones (while tracing; torch.compile's generated code
+sets the device itself) there is nothing to guard.
+
 Within `capture_launches()`, launches are recorded instead of run: what each
 launcher passes its kernel, for compiling the kernels ahead of time for a
 GPU that is not there (budget.py).
@@ -20,6 +27,7 @@ from typing import Any, Iterator
 
 import torch
 import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
 from torch.library import wrap_triton as _torch_wrap_triton
 
 try:
@@ -55,10 +63,41 @@ class _Recorder:
         return lambda *args, **kwargs: self.into.append((self.kernel, args, kwargs))
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # real tensors, told apart without is_fake's cost
+
+
+def launch_device(values) -> torch.device | None:
+    """The device a launch with these arguments must run on: that of its first
+    CUDA tensor, or None (CPU tensors, fake tensors: no kernel runs on a GPU)."""
+    for value in values:
+        if isinstance(value, torch.Tensor) and value.is_cuda:
+            return value.device if type(value) in _PLAIN or not is_fake(value) else None
+    return None
+
+
+def device_guard(values) -> contextlib.AbstractContextManager:
+    """torch.cuda.device(launch_device(values)), or nothing to do."""
+    device = launch_device(values)
+    return torch.cuda.device(device) if device is not None else contextlib.nullcontext()
+
+
+class _Guarded:
+    def __init__(self, launcher):
+        self.launcher = launcher
+
+    def __getitem__(self, grid):
+        run = self.launcher[grid]
+
+        def launch(*args, **kwargs):
+            with device_guard((*args, *kwargs.values())):
+                return run(*args, **kwargs)
+        return launch
+
+
 def wrap_triton(kernel):
     if _captured is not None:
         return _Recorder(kernel, _captured)
-    return kernel if is_interpreted(kernel) else _torch_wrap_triton(kernel)
+    return _Guarded(kernel if is_interpreted(kernel) else _torch_wrap_triton(kernel))
 
 
 def math_dtype(dtype: torch.dtype):

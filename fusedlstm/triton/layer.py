@@ -3,13 +3,14 @@
 (cell.py). Serves every size; the persistent kernel (persistent.py) is
 faster where W_hh fits on chip.
 
-Forward, per step t in processing order (dense shapes; packed input runs on
-its padded layout, steps.py):
+Forward, per entry of the layer's plan (step t; dense shapes; packed input
+runs on its padded layout, steps.py):
   pre[B, 4H] = x_proj[t] + h_state @ W_hh^T        addmm, into acts[t] when saving
   act, c, h  = cell(pre, c_state)                   c_state, cells[t] and h
                                                     (out[t] and h_state, or h_raw) in one launch
   out[t]     = h_raw @ W_hr^T                       with a projection; then h_state = out[t]
-Rows that do not take part in step t (packed input) keep their state.
+Rows that do not take part in step t (packed input: b >= the entry's rows,
+read by the cell kernel from the plan on the device) keep their state.
 
 Backward, per step in the opposite order:
   dh_out     = dh_state + grad_output[t]            (added inside the cell kernel without a projection)
@@ -44,13 +45,13 @@ def lstm_layer_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: T
     h_state = h0.contiguous().clone()
     c_state = c0.contiguous().clone()
     w_hh_t = w_hh.t()
-    for t in steps.order:
+    for k, t in enumerate(steps.order):
         gates = acts[t] if save_for_backward else pre
         torch.addmm(x[t], h_state, w_hh_t, out=gates)
         h = (h_raw[t] if save_for_backward else h_raw) if w_hr is not None else out[t]
         lstm_cell_fwd(gates, c_state, out=(gates, c_state, h),
                       c_copy=cells[t] if save_for_backward else None,
-                      h_copy=None if w_hr is not None else h_state, rows=steps.rows(t))
+                      h_copy=None if w_hr is not None else h_state, rows=steps.rows(k))
         if w_hr is not None:
             torch.mm(h, w_hr.t(), out=out[t])
             steps.commit(h_state, out[t], t)
@@ -68,8 +69,8 @@ def lstm_layer_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_c_n
     T, B = steps.T, steps.B
     H, P = c0.shape[1], w_hh.shape[1]
     acts_p = steps.to_padded(acts)                      # [T, B, 4H]
-    cells_p = steps.to_padded(cells, c0)                # [T, B, H]
-    c_prev = steps.previous_padded(cells, c0)         # [T, B, H]
+    cells_p = steps.to_padded(cells)                    # [T, B, H]
+    c_prev = steps.previous_padded(cells, c0)           # [T, B, H]
     go = steps.to_padded(grad_output) if grad_output is not None else None
     dh = grad_h_n.contiguous().clone() if grad_h_n is not None else h0.new_zeros(B, P)
     dc = grad_c_n.contiguous().clone() if grad_c_n is not None else c0.new_zeros(B, H)
@@ -77,7 +78,8 @@ def lstm_layer_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_c_n
     dh_out = acts_p.new_empty(T, B, P) if w_hr is not None else None
     dh_raw = acts_p.new_empty(B, H) if w_hr is not None else None
     dh_next = acts_p.new_empty(B, P) if steps.packed else None
-    for t in reversed(steps.order):
+    for k in reversed(range(T)):
+        t = steps.order[k]
         if w_hr is not None:
             if go is not None:
                 torch.add(dh, go[t], out=dh_out[t])
@@ -88,7 +90,7 @@ def lstm_layer_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_c_n
         else:
             dh_cell, dh_extra = dh, go[t] if go is not None else None
         lstm_cell_bwd(dh_cell, dc, acts_p[t], c_prev[t], cells_p[t], grad_h_extra=dh_extra,
-                      out=(grad_x[t], dc), rows=steps.rows(t))
+                      out=(grad_x[t], dc), rows=steps.rows(k))
         if steps.packed:
             torch.mm(grad_x[t], w_hh, out=dh_next)
             steps.commit(dh, dh_next, t)

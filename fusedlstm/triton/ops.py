@@ -7,8 +7,9 @@ take the arguments of fusedlstm::lstm_cell_fwd etc. and return the same
 results. torch.library.triton_op makes each a custom op whose body
 torch.compile traces (seeing the Triton launches through wrap_triton);
 the body is also the op's fake implementation, so it reads only shapes:
-batch_sizes goes to the kernels as a device tensor (steps.py), and its
-values are checked on real tensors only. The autograd formula is the one
+batch_sizes goes to the kernels as the layer plan's table, built by the op
+fusedlstm::layer_plan (which checks its values on real tensors) and copied
+to the device (steps.py). The autograd formula is the one
 every backend shares (fusedlstm.ops.register_autograd).
 
 Which layer implementation runs (`layer_implementation`, from shapes and
@@ -30,9 +31,10 @@ from torch import Tensor
 from torch.library import triton_op
 
 from .. import ops as contract
+from ..checks import (check_cell_bwd_args, check_cell_fwd_args, check_layer_args, check_layer_bwd_args,
+                      fail)
 from .cell import _lstm_cell_fwd_kernel, lstm_cell_bwd as cell_bwd_launch
 from .cell import lstm_cell_fwd as cell_fwd_launch
-from .checks import check_cell_bwd_args, check_cell_fwd_args, check_layer_args, check_layer_bwd_args
 from .launch import is_interpreted
 from .layer import lstm_layer_bwd as per_step_bwd
 from .layer import lstm_layer_fwd as per_step_fwd
@@ -45,6 +47,13 @@ INTERPRETED = is_interpreted(_lstm_cell_fwd_kernel)
 """True when the kernels were made by the Triton interpreter (TRITON_INTERPRET=1
 at import): they then run on CPU tensors."""
 
+def check_device(x: Tensor, name: str) -> None:
+    """CUDA tensors; CPU tensors too under the Triton interpreter."""
+    if x.device.type not in (("cuda", "cpu") if INTERPRETED else ("cuda",)):
+        fail(f"{name} must be a CUDA tensor for the Triton kernels (CPU tensors need "
+             f"TRITON_INTERPRET=1 before fusedlstm.triton is imported), got a tensor on {x.device}")
+
+
 def layer_implementation(H: int, P: int, dtype) -> str:
     """The layer ops' choice for hidden size H, output size P and dtype."""
     if persistent.fits(H, P, dtype):
@@ -56,14 +65,16 @@ def layer_implementation(H: int, P: int, dtype) -> str:
 
 @triton_op("fusedlstm::triton_lstm_cell_fwd", mutates_args=())
 def lstm_cell_fwd(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    check_cell_fwd_args(gates, c_prev, INTERPRETED)
+    check_cell_fwd_args(gates, c_prev)
+    check_device(gates, "gates")
     return cell_fwd_launch(gates.contiguous(), c_prev.contiguous())
 
 
 @triton_op("fusedlstm::triton_lstm_cell_bwd", mutates_args=())
 def lstm_cell_bwd(grad_h: Tensor, grad_c: Tensor, act: Tensor, c_prev: Tensor,
                   c: Tensor) -> tuple[Tensor, Tensor]:
-    check_cell_bwd_args(grad_h, grad_c, act, c_prev, c, INTERPRETED)
+    check_cell_bwd_args(grad_h, grad_c, act, c_prev, c)
+    check_device(act, "act")
     return cell_bwd_launch(grad_h.contiguous(), grad_c.contiguous(), act.contiguous(),
                            c_prev.contiguous(), c.contiguous())
 
@@ -72,7 +83,8 @@ def lstm_cell_bwd(grad_h: Tensor, grad_c: Tensor, act: Tensor, c_prev: Tensor,
 def lstm_layer_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Optional[Tensor],
                    batch_sizes: Optional[Tensor], reverse: bool,
                    save_for_backward: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    s = check_layer_args(x_proj, w_hh, h0, c0, w_hr, batch_sizes, INTERPRETED)
+    s = check_layer_args(x_proj, w_hh, h0, c0, w_hr, batch_sizes)
+    check_device(x_proj, "x_proj")
     steps = Steps(batch_sizes, s.T, s.B, s.rows, reverse, x_proj.device)
     args = (x_proj, w_hh, h0, c0, w_hr, steps, save_for_backward)
     # Called by name, each in its own branch: torch finds a triton_op's kernels
@@ -93,7 +105,8 @@ def lstm_layer_bwd(grad_output: Optional[Tensor], grad_h_n: Optional[Tensor],
                    output: Tensor, acts: Tensor, cells: Tensor,
                    h_raw: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     s = check_layer_bwd_args(grad_output, grad_h_n, grad_c_n, w_hh, h0, c0, w_hr, batch_sizes,
-                             output, acts, cells, h_raw, INTERPRETED)
+                             output, acts, cells, h_raw)
+    check_device(acts, "acts")
     steps = Steps(batch_sizes, s.T, s.B, s.rows, reverse, acts.device)
     args = (grad_output, grad_h_n, grad_c_n, w_hh, h0, c0, w_hr, steps, output, acts, cells, h_raw)
     implementation = layer_implementation(s.H, s.P, acts.dtype)

@@ -24,25 +24,29 @@ float32 data uses input_precision="ieee" (no TF32), for float32 accuracy.
 Masking
     Hidden units beyond H and outputs beyond P (tile sizes are powers of
     two, at least 16 for tl.dot) load zero weights, so they stay exactly 0
-    and add nothing. Packed input: step t reads sizes[t] and offsets[t]
-    from int32 tables on the device; a row b >= sizes[t] loads and stores
-    nothing and keeps its h and c (tl.where), so a sequence that ended
-    (forward) holds its final state for h_n / c_n and one that has not
-    started (reverse) still holds h0 / c0.
+    and add nothing. Each step reads its entry of the layer's plan
+    (steps.plan_entry: the int64 table on the device for packed input,
+    computed for dense input); a row b >= the entry's rows loads and
+    stores nothing and keeps its h and c (tl.where), so a sequence that
+    ended (forward) holds its final state for h_n / c_n and one that has
+    not started (reverse) still holds h0 / c0.
 
 Reverse
-    The loop runs k = 0 .. T-1 over steps t = T-1-k (REVERSE constexpr);
-    nothing else changes.
+    The loop runs over the plan's entries k = 0 .. T-1, which are steps
+    t = T-1-k (REVERSE constexpr); nothing else changes.
 
 Backward (one launch, same ownership)
     Loops over the processing order backwards with dh^T [P, 16] and dc^T
     [H, 16] in registers, W_hh^T gate blocks [P, H] and W_hr^T [H, P] on
     chip. Per step: dh_out = dh + grad_output[t] (stored, with a
     projection, for grad_W_hr); dh_raw = W_hr^T @ dh_out; the gate backward
-    with c_prev loaded from the previous processed step's cells (or c0 for a
-    row taking part for the first time); grad_x[t] stored; and
+    with c_prev loaded from the previous entry's cells for the rows that
+    continue from it (the others read c0); grad_x[t] stored; and
     dh = sum_g W_g^T [P, H] @ d_pre_g [H, 16]. After the loop, the weight
     gradients are GEMMs over all steps (steps.weight_gradients).
+
+Launched by one_launch.py, which allocates the buffers and passes its
+arguments (the kernels use no scratch buffers: their state is in registers).
 
 On-chip budget and the size limit
     The weights held per program are 4HP (+ PH with a projection) elements:
@@ -51,16 +55,16 @@ On-chip budget and the size limit
     shared memory (227 KiB per block) and 64K 32-bit registers (at most 255
     per thread). Triton decides where the weight blocks live; ptxas's report
     for sm_90 (Triton 3.8, `python -m fusedlstm.triton.budget`, no GPU
-    needed; 2026-11-28, remeasured for the kernels as they are now) shows that
-    it stages them through shared memory and that shared memory is the limit.
-    Registers / shared KiB per program, fwd and bwd, no spills anywhere:
+    needed) shows that it stages them through shared memory and that shared
+    memory is the limit. Registers / shared KiB per program, fwd and bwd, no
+    spills anywhere:
 
-        dtype  max(H, P)=64       128                  256 (first report)
-        bf16   203/37, 190/43     255/137, 254/149     -/525, -/549  too big
-        fp16   190/37, 191/43     255/137, 250/149     as bf16
-        fp32   255/73, 210/117    32/273, 48/361 too big
-        (with a projection, P = H/2: bf16 H=128 200/89, 254/101; fp32 H=128
-         bwd 261 KiB, too big)
+        dtype  max(H, P)=64       128                  256
+        bf16   252/37, 254/43     248/137, 255/149     255/525, 255/549  too big
+        fp16   250/37, 254/43     248/137, 255/149     as bf16
+        fp32   255/73, 222/117    32/273, 48/361 too big
+        (with a projection, P = H/2: bf16 H=128 246/89, 255/101; fp32 H=128
+         255/177, 255/261, bwd too big)
 
     So SIZE_LIMITS: max(H, P) <= 128 for 2-byte data (8 warps above 64),
     <= 64 for fp32. Larger sizes go to the streamed kernel (streamed.py),
@@ -69,8 +73,12 @@ On-chip budget and the size limit
     sm_90 (seen up to H = 32 in the report) but that is unverified for
     Triton 3.6, and float64 is for checking, not speed.
 
-Performance is not measured here: no GPU was available while this was
-written. The interpreter (TRITON_INTERPRET=1) checks correctness only.
+Speed, on an H200 (commit 62c5e73, torch 2.11, Triton 3.6, 2026-11-28;
+`fusedlstm bench --device cuda --dtype bfloat16 --tf32 off`,
+benchmarks/RESULTS.md and
+benchmarks/results/gpu/h200-bfloat16-2026-11-28-run3.json): `small-h128`
+(T=1000, B=8, I=64, H=128, bfloat16) forward+backward 6.41 ms against
+cuDNN's 29.9 ms in the same run, 0.21x (forward 0.27x, backward 0.23x).
 """
 
 from __future__ import annotations
@@ -81,10 +89,8 @@ import triton.language as tl
 from torch import Tensor
 
 from .gate_math import gates_backward, gates_forward, load_gates, store_gates
-from .launch import dot_dtype, math_dtype, wrap_triton
-from .steps import Steps, weight_gradients
-
-BLOCK_B = 16  # batch rows per program; tl.dot needs every dimension >= 16
+from .one_launch import Kernels, layer_bwd, layer_fwd
+from .steps import Steps, entry_rows
 
 # Largest max(H, P) the persistent kernel serves, per element size of the
 # data in bytes: what fits an sm_90 SM's shared memory by ptxas's report
@@ -95,57 +101,28 @@ SIZE_LIMITS = {2: 128, 4: 64}
 def num_warps(block_h: int, block_p: int) -> int:
     """4 warps up to 64-wide tiles, 8 for 128-wide ones (four times the
     work per step). Both compile without spills at 128 (ptxas, sm_90);
-    which is faster is not measured: no GPU timed this yet."""
+    which is faster is not measured."""
     return 4 if max(block_h, block_p) <= 64 else 8
 
 
-@triton.jit
-def step_rows(t, sizes_ptr, offsets_ptr, B, PACKED: tl.constexpr):
-    """(first row, number of rows) of step t."""
-    if PACKED:
-        return tl.load(offsets_ptr + t), tl.load(sizes_ptr + t)
-    else:
-        return t * B, B
+def _tiles(H: int, P: int) -> dict:
+    block_h, block_p = max(16, triton.next_power_of_2(H)), max(16, triton.next_power_of_2(P))
+    return dict(BLOCK_H=block_h, BLOCK_P=block_p, num_warps=num_warps(block_h, block_p))
 
 
-@triton.jit
-def step_of(k, T, REVERSE: tl.constexpr):
-    """The step processed k-th."""
-    if REVERSE:
-        return T - 1 - k
-    else:
-        return k
-
-
-@triton.jit
-def batch_rows(k, b, T, sizes_ptr, offsets_ptr, B, REVERSE: tl.constexpr, PACKED: tl.constexpr):
-    """For batch rows b [BLOCK_B] in the step processed k-th: (their packed row
-    indices [BLOCK_B] int64, which of them take part in the step)."""
-    first, n = step_rows(step_of(k, T, REVERSE), sizes_ptr, offsets_ptr, B, PACKED)
-    return (first + b).to(tl.int64), b < n
-
-
-@triton.jit
-def previous_rows(k, b, T, sizes_ptr, offsets_ptr, B, REVERSE: tl.constexpr, PACKED: tl.constexpr):
-    """For batch rows b in the step processed k-th: (their packed row indices in
-    the step processed before it, which of them continue from that step rather
-    than start from h0 and c0)."""
-    first, n = step_rows(step_of(tl.maximum(k - 1, 0), T, REVERSE), sizes_ptr, offsets_ptr, B, PACKED)
-    return (first + b).to(tl.int64), (b < n) & (k > 0)
+KERNELS = Kernels(tiles=_tiles, scratch=False)
 
 
 @triton.jit
 def _lstm_persistent_fwd_kernel(
-    x_ptr, w_hh_ptr, w_hr_ptr,             # [N, 4H], [4H, P], [P, H] (HAS_PROJ)
-    h0_ptr, c0_ptr,                        # [B, P], [B, H]
-    out_ptr, h_n_ptr, c_n_ptr,             # [N, P], [B, P], [B, H]
-    acts_ptr, cells_ptr, h_raw_ptr,        # [N, 4H], [N, H] (SAVE), [N, H] (SAVE and HAS_PROJ)
-    sizes_ptr, offsets_ptr,                # int32 [T] (PACKED)
-    T, B, H, P,
+    x_ptr, w_hh_ptr, w_hr_ptr, h0_ptr, c0_ptr,  # arguments: one_launch.py
+    out_ptr, h_n_ptr, c_n_ptr, acts_ptr, cells_ptr, h_raw_ptr,
+    h_buf_ptr, c_buf_ptr,                  # unused: the state is in registers
+    plan_ptr, T, B, H, P,
     HAS_PROJ: tl.constexpr, PACKED: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
     MATH: tl.constexpr, DOT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)   # batch rows   [BB]
+    b = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)  # batch rows [BB]
     j = tl.arange(0, BLOCK_H)                                 # hidden units [BH]
     p = tl.arange(0, BLOCK_P)                                 # outputs      [BP]
     in_batch = b < B
@@ -166,7 +143,7 @@ def _lstm_persistent_fwd_kernel(
     c = tl.load(c0_ptr + b[None, :] * H + j[:, None], mask=jm[:, None] & in_batch[None, :],
                 other=0.0).to(MATH)
     for k in range(T):
-        row, active = batch_rows(k, b, T, sizes_ptr, offsets_ptr, B, REVERSE, PACKED)
+        row, active, _, _ = entry_rows(plan_ptr, k, b, T, B, REVERSE, PACKED)
         mh = jm[:, None] & active[None, :]
         gate = row[None, :] * (4 * H) + j[:, None]            # [BH, BB]: gate i of (unit, row)
 
@@ -200,18 +177,16 @@ def _lstm_persistent_fwd_kernel(
 
 @triton.jit
 def _lstm_persistent_bwd_kernel(
-    go_ptr, dh_n_ptr, dc_n_ptr,            # [N, P] (HAS_GO), [B, P] (HAS_DH_N), [B, H] (HAS_DC_N)
-    w_hh_ptr, w_hr_ptr, c0_ptr,            # [4H, P], [P, H] (HAS_PROJ), [B, H]
-    acts_ptr, cells_ptr,                   # [N, 4H], [N, H]
-    grad_x_ptr, dh_out_ptr,                # [N, 4H], [N, P] (HAS_PROJ)
-    grad_h0_ptr, grad_c0_ptr,              # [B, P], [B, H]
-    sizes_ptr, offsets_ptr,                # int32 [T] (PACKED)
-    T, B, H, P,
+    go_ptr, dh_n_ptr, dc_n_ptr,            # arguments: one_launch.py
+    w_hh_ptr, w_hr_ptr, c0_ptr, acts_ptr, cells_ptr,
+    grad_x_ptr, dh_out_ptr, grad_h0_ptr, grad_c0_ptr,
+    dh_buf_ptr, dc_buf_ptr,                # unused: the state is in registers
+    plan_ptr, T, B, H, P,
     HAS_GO: tl.constexpr, HAS_DH_N: tl.constexpr, HAS_DC_N: tl.constexpr,
     HAS_PROJ: tl.constexpr, PACKED: tl.constexpr, REVERSE: tl.constexpr,
     MATH: tl.constexpr, DOT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    b = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     j = tl.arange(0, BLOCK_H)
     p = tl.arange(0, BLOCK_P)
     in_batch = b < B
@@ -238,9 +213,8 @@ def _lstm_persistent_bwd_kernel(
         dc = tl.zeros([BLOCK_H, BLOCK_B], dtype=MATH)
 
     for kk in range(T):
-        k = T - 1 - kk                                        # processing index, last first
-        row, active = batch_rows(k, b, T, sizes_ptr, offsets_ptr, B, REVERSE, PACKED)
-        row_prev, from_prev = previous_rows(k, b, T, sizes_ptr, offsets_ptr, B, REVERSE, PACKED)
+        k = T - 1 - kk                                        # plan entry, last first
+        row, active, row_prev, from_prev = entry_rows(plan_ptr, k, b, T, B, REVERSE, PACKED)
         mh = jm[:, None] & active[None, :]
         mp = pm[:, None] & active[None, :]
         gate = row[None, :] * (4 * H) + j[:, None]
@@ -284,35 +258,12 @@ def fits(H: int, P: int, dtype: torch.dtype) -> bool:
     return limit is not None and max(H, P) <= limit
 
 
-def _blocks(H: int, P: int) -> tuple[int, int]:
-    return max(16, triton.next_power_of_2(H)), max(16, triton.next_power_of_2(P))
-
-
 def lstm_persistent_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Tensor | None,
                         steps: Steps, save_for_backward: bool):
     """The contract's lstm_layer_fwd in one launch (arguments checked, sizes
     within `fits`) -> output, h_n, c_n, acts, cells, h_raw."""
-    B, H, P = steps.B, c0.shape[1], w_hh.shape[1]
-    x = x_proj.contiguous()
-    output = x.new_empty(*x.shape[:-1], P)
-    h_n, c_n = h0.new_empty(B, P), c0.new_empty(B, H)
-    acts = x.new_empty(x.shape) if save_for_backward else x.new_empty(0)
-    cells = x.new_empty(*x.shape[:-1], H) if save_for_backward else x.new_empty(0)
-    save_raw = save_for_backward and w_hr is not None
-    h_raw = x.new_empty(*x.shape[:-1], H) if save_raw else x.new_empty(0)
-    block_h, block_p = _blocks(H, P)
-    if B > 0:
-        wrap_triton(_lstm_persistent_fwd_kernel)[(triton.cdiv(B, BLOCK_B),)](
-            x, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else None,
-            h0.contiguous(), c0.contiguous(), output, h_n, c_n,
-            acts if save_for_backward else None, cells if save_for_backward else None,
-            h_raw if save_raw else None,
-            steps.sizes, steps.offsets, steps.T, B, H, P,
-            HAS_PROJ=w_hr is not None, PACKED=steps.packed, REVERSE=steps.reverse,
-            SAVE=save_for_backward, MATH=math_dtype(x.dtype),
-            DOT=dot_dtype(x.dtype, _lstm_persistent_fwd_kernel), BLOCK_B=BLOCK_B,
-            BLOCK_H=block_h, BLOCK_P=block_p, num_warps=num_warps(block_h, block_p))
-    return output, h_n, c_n, acts, cells, h_raw
+    return layer_fwd(_lstm_persistent_fwd_kernel, KERNELS, x_proj, w_hh, h0, c0, w_hr, steps,
+                     save_for_backward)
 
 
 def lstm_persistent_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None,
@@ -321,24 +272,5 @@ def lstm_persistent_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None,
                         cells: Tensor, h_raw: Tensor):
     """The contract's lstm_layer_bwd with the recurrence in one launch
     -> grad_x_proj, grad_w_hh, grad_h0, grad_c0, grad_w_hr (None without w_hr)."""
-    B, H, P = steps.B, c0.shape[1], w_hh.shape[1]
-    acts = acts.contiguous()
-    grad_x = acts.new_empty(acts.shape)
-    dh_out = acts.new_empty(*acts.shape[:-1], P) if w_hr is not None else None
-    grad_h0, grad_c0 = h0.new_empty(B, P), c0.new_empty(B, H)
-    block_h, block_p = _blocks(H, P)
-    if B > 0:
-        wrap_triton(_lstm_persistent_bwd_kernel)[(triton.cdiv(B, BLOCK_B),)](
-            grad_output.contiguous() if grad_output is not None else None,
-            grad_h_n.contiguous() if grad_h_n is not None else None,
-            grad_c_n.contiguous() if grad_c_n is not None else None,
-            w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else None, c0.contiguous(),
-            acts, cells.contiguous(), grad_x, dh_out, grad_h0, grad_c0,
-            steps.sizes, steps.offsets, steps.T, B, H, P,
-            HAS_GO=grad_output is not None, HAS_DH_N=grad_h_n is not None,
-            HAS_DC_N=grad_c_n is not None, HAS_PROJ=w_hr is not None, PACKED=steps.packed,
-            REVERSE=steps.reverse, MATH=math_dtype(acts.dtype),
-            DOT=dot_dtype(acts.dtype, _lstm_persistent_bwd_kernel), BLOCK_B=BLOCK_B,
-            BLOCK_H=block_h, BLOCK_P=block_p, num_warps=num_warps(block_h, block_p))
-    grad_w_hh, grad_w_hr = weight_gradients(steps, grad_x, output, h0, h_raw, dh_out)
-    return grad_x, grad_w_hh, grad_h0, grad_c0, grad_w_hr
+    return layer_bwd(_lstm_persistent_bwd_kernel, KERNELS, grad_output, grad_h_n, grad_c_n, w_hh, h0,
+                     c0, w_hr, steps, output, acts, cells, h_raw)

@@ -1,24 +1,66 @@
-"""Where the steps of one layer live, computed on the device with torch ops,
-and the weight gradients both layer implementations form after their loop.
+"""Where the steps of one layer live on the device, read from the layer's plan
+(fusedlstm.plan), and the weight gradients both layer implementations form
+after their loop.
 
-The Triton ops never read batch_sizes on the host (after validating it): a
-triton_op's body is also its fake implementation and the graph torch.compile
-traces, where batch_sizes is a fake tensor without values. Step sizes,
-offsets and the gathers between the packed layout and a padded one are
-therefore tensors, and every shape below comes from argument shapes.
+The Triton ops read batch_sizes on the host only through the plan's op
+(fusedlstm::layer_plan, which validates it): a triton_op's body is also its
+fake implementation and the graph torch.compile traces, where batch_sizes
+is a fake tensor without values. The plan's table goes to the device, and
+the gathers between the packed layout and a padded one are tensors computed
+from it there; every shape below comes from argument shapes.
 
 Layouts (B batch, T steps, N = sum(batch_sizes) packed rows):
-  packed  [N, W]     rows of step t at offsets[t] .. offsets[t] + sizes[t]
+  packed  [N, W]     rows of step t at offset .. offset + rows of its entry
   padded  [T, B, W]  row b of step t at [t, b]; for packed input, position
-                     (t, b) with b >= sizes[t] holds the value that
-                     sequence b carries through step t (see `to_padded`)
-Dense input is already padded: [T, B, W] with every row taking part.
+                     (t, b) with b >= the step's rows holds `initial[b]`
+                     (zeros when not given), a value no kernel uses
+Dense input is already padded: [T, B, W] with every row taking part. Its
+plan is known without a table (entry k: step t = k, or T - 1 - k reverse,
+B rows at t * B, all continuing after entry 0), so dense input has none on
+the device: plan_entry computes those values, the plan's, in the kernels.
 """
 
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 from torch import Tensor
+
+from .. import plan
+
+
+@triton.jit
+def plan_entry(plan_ptr, k, T, B, REVERSE: tl.constexpr, PACKED: tl.constexpr):
+    """Entry k of the layer's plan: (offset, rows, continuing, prev_offset),
+    int64. Packed: row k of the int64 [T, 4] table at plan_ptr. Dense: the
+    same values computed (module docstring), in int64: t * B passes 2^31
+    rows at sizes an H200 holds."""
+    if PACKED:
+        entry = plan_ptr + 4 * k
+        return tl.load(entry), tl.load(entry + 1), tl.load(entry + 2), tl.load(entry + 3)
+    else:
+        if REVERSE:
+            t = T - 1 - k
+            t_prev = t + 1
+        else:
+            t = k
+            t_prev = k - 1
+        rows = tl.cast(B, tl.int64)
+        offset = tl.cast(t, tl.int64) * rows
+        first = k == 0
+        continuing = tl.where(first, 0, rows)
+        prev_offset = tl.where(first, 0, tl.cast(t_prev, tl.int64) * rows)
+        return offset, rows, continuing, prev_offset
+
+
+@triton.jit
+def entry_rows(plan_ptr, k, b, T, B, REVERSE: tl.constexpr, PACKED: tl.constexpr):
+    """For batch rows b [BLOCK_B] in plan entry k: (their rows in the per-step
+    layout [BLOCK_B] int64, which of them take part, their rows in entry k - 1
+    int64, which of them continue from it rather than start from h0 and c0)."""
+    offset, rows, continuing, prev_offset = plan_entry(plan_ptr, k, T, B, REVERSE, PACKED)
+    return offset + b, b < rows, prev_offset + b, b < continuing
 
 
 class Steps:
@@ -28,42 +70,35 @@ class Steps:
                  device: torch.device):
         self.T, self.B, self.N, self.reverse = T, B, N, reverse
         self.packed = batch_sizes is not None
-        self.order = range(T - 1, -1, -1) if reverse else range(T)
+        self.order = plan.processing_order(T, reverse)  # step of plan entry k, at [k]
         if not self.packed:
-            self.sizes = self.offsets = None  # the layer kernels' step tables: none for dense input
+            self.table = None  # the kernels compute the dense plan (plan_entry)
             return
-        sizes = batch_sizes.to(device=device, dtype=torch.int64)               # [T]
-        ends = torch.cumsum(sizes, 0)
-        offsets = ends - sizes
-        self.sizes, self.offsets = sizes.to(torch.int32), offsets.to(torch.int32)  # for kernels
+        self.table = plan.on_device(plan.layer_plan(batch_sizes, T, B, reverse), device)  # [T, 4]
+        by_time = self.table.flip(0) if reverse else self.table                 # entry of step t at [t]
+        offsets, sizes = by_time[:, plan.OFFSET], by_time[:, plan.ROWS]           # [T]
         b = torch.arange(B, device=device)
         self.active = b[None, :] < sizes[:, None]                                 # [T, B]
-        rows = offsets[:, None] + b[None, :]                                      # [T, B]
-        if reverse:  # a sequence that has not started yet carries its initial state
-            carried = b + N
-        else:        # one that has ended carries the value of its last step
-            lengths = self.active.sum(0)
-            carried = offsets[lengths - 1] + b
-        self.carried = torch.where(self.active, rows, carried[None, :])          # [T, B] into [N + B]
+        start = b + N                                                             # row b of `initial`
+        rows = torch.where(self.active, offsets[:, None] + b[None, :], start[None, :])
+        self.padded_index = rows.flatten()                                        # [T * B] into [N + B]
+        previous = torch.where(b[None, :] < by_time[:, plan.CONTINUING, None],
+                               by_time[:, plan.PREV_OFFSET, None] + b[None, :], start[None, :])
+        self.previous_index = previous.flatten()                                  # [T * B] into [N + B]
         r = torch.arange(N, device=device)
-        step_of_row = torch.searchsorted(ends, r, right=True)                     # [N]
+        step_of_row = torch.searchsorted(offsets + sizes, r, right=True)         # [N]
         self.packed_index = step_of_row * B + (r - offsets[step_of_row])          # [N] into [T * B]
 
-    def rows(self, t: int) -> tuple[Tensor, int] | None:
-        """The cell kernels' `rows` argument for step t (None: all rows)."""
-        return (self.sizes, t) if self.packed else None
+    def rows(self, k: int) -> tuple[Tensor, int] | None:
+        """The cell kernels' `rows` argument for plan entry k (None: all rows)."""
+        return (self.table, k) if self.packed else None
 
     def to_padded(self, x: Tensor, initial: Tensor | None = None) -> Tensor:
-        """Per-step x ([N, W] packed or [T, B, W]) -> contiguous [T, B, W].
-
-        Packed: position (t, b) of a row that does not take part in step t
-        gets the row's carried value: its last step's value (forward) or
-        `initial[b]` (reverse, not started yet; zeros when `initial` is None)."""
+        """Per-step x ([N, W] packed or [T, B, W]) -> contiguous [T, B, W]; for
+        packed x, positions of rows that do not take part hold `initial[b]`."""
         if not self.packed:
             return x.contiguous()
-        if initial is None:
-            initial = x.new_zeros(self.B, x.shape[1])
-        return torch.cat([x, initial]).index_select(0, self.carried.flatten()).view(self.T, self.B, -1)
+        return self._gather(x, initial, self.padded_index).view(self.T, self.B, -1)
 
     def to_packed(self, x: Tensor) -> Tensor:
         """[T, B, W] -> the layer's per-step layout ([N, W] packed or [T, B, W])."""
@@ -80,17 +115,26 @@ class Steps:
 
     def previous_padded(self, x: Tensor, initial: Tensor) -> Tensor:
         """Per-step values (per-step layout) -> [T, B, W]: the value each step
-        starts from, that is x of the step processed just before, or
-        `initial` ([B, W]) for rows that take part for the first time."""
-        padded = self.to_padded(x, initial)
+        starts from, the plan's: x of the entry processed just before for rows
+        that continue from it, `initial` ([B, W]) for the others."""
+        if self.packed:
+            return self._gather(x, initial, self.previous_index).view(self.T, self.B, -1)
         first = initial[None]
         if self.reverse:
-            return torch.cat([padded[1:], first])
-        return torch.cat([first, padded[:-1]])
+            return torch.cat([x[1:], first])
+        return torch.cat([first, x[:-1]])
 
     def previous(self, x: Tensor, initial: Tensor) -> Tensor:
         """previous_padded in the layer's per-step layout."""
-        return self.to_packed(self.previous_padded(x, initial))
+        if self.packed:
+            return self._gather(x, initial, self.previous_index.index_select(0, self.packed_index))
+        return self.previous_padded(x, initial)
+
+    def _gather(self, x: Tensor, initial: Tensor | None, index: Tensor) -> Tensor:
+        """Rows of [x; initial] ([N + B, W]; zeros for a missing `initial`)."""
+        if initial is None:
+            initial = x.new_zeros(self.B, x.shape[1])
+        return torch.cat([x, initial]).index_select(0, index)
 
 
 def weight_gradients(steps: Steps, grad_x: Tensor, output: Tensor, h0: Tensor, h_raw: Tensor,
@@ -101,9 +145,8 @@ def weight_gradients(steps: Steps, grad_x: Tensor, output: Tensor, h0: Tensor, h
     (o * tanh(c), saved by the forward) and grad_out [.., P] (dL/d(projected
     h)) with a projection, all in the per-step layout; h0 [B, P].
     -> grad_w_hh [4H, P], grad_w_hr [P, H] (None without a projection)."""
-    G, P = grad_x.shape[-1], output.shape[-1]
-    h_prev = steps.previous(output, h0).reshape(-1, P)                 # [rows, P]
-    grad_w_hh = grad_x.reshape(-1, G).t().mm(h_prev)                   # [4H, P]
+    h_prev = steps.previous(output, h0).flatten(0, -2)                # [rows, P]
+    grad_w_hh = grad_x.flatten(0, -2).t().mm(h_prev)                   # [4H, P]
     if grad_out is None:
         return grad_w_hh, None
-    return grad_w_hh, grad_out.reshape(-1, P).t().mm(h_raw.reshape(-1, h_raw.shape[-1]))  # [P, H]
+    return grad_w_hh, grad_out.flatten(0, -2).t().mm(h_raw.flatten(0, -2))  # [P, H]

@@ -22,20 +22,21 @@ State between steps (per program, in global scratch memory)
     writes other threads of the program read next; within one SM these
     writes are visible after it.
 
-Initial state: the kernels copy h0 and c0 (grad_h_n and grad_c_n, or
-zeros, in the backward) into the state buffers themselves, before the first
-step; the launchers allocate those buffers uninitialized. The kernels thus
-only read their inputs and only write buffers made for them. Setting the
-buffers on the host (c0.clone()) broke torch.compile in torch 2.11: the
-compiled graph dropped the clone and gave the kernel the view hx[index]
-itself, and inductor's copy of that mutated view read from the start of its
-base storage (an as_strided with offset 0; the bug class of
-pytorch/pytorch#192226). Every layer and direction then started from the
-first one's c0 and grad_c_n: wrong outputs and gradients. Found on the CPU
-(inductor's code with the kernels run by the interpreter); the rule is
-checked in tests/test_triton.py.
+Initial and final state: the kernels copy h0 and c0 (grad_h_n and
+grad_c_n, or zeros, in the backward) into the state buffers themselves,
+before the first step, and the last step's state into h_n and c_n (grad_h0
+and grad_c0) after it; the launcher (one_launch.py) allocates those buffers
+uninitialized, so the kernels only read their inputs and only write
+buffers made for them. Buffers set on the host from an input (c0.clone())
+are not safe under torch.compile in torch 2.11: the compiled graph drops
+the clone and hands the kernel the view hx[index] itself, and inductor's
+copy of that mutated view reads from the start of its base storage (an
+as_strided with offset 0; the bug class of pytorch/pytorch#192226), so every
+layer and direction would start from the first one's c0 and grad_c_n.
+tests/test_triton.py checks the rule.
 
-Forward, per step, for each chunk of BLOCK_J hidden units:
+Each step reads its entry of the layer's plan (steps.plan_entry), as in
+persistent.py. Forward, per step, for each chunk of BLOCK_J hidden units:
     pre_g [BJ, 16] = x_proj[t]_g^T + sum_k W_g[chunk, k-chunk] @ h^T[k-chunk]
     gate math, c chunk, h chunk -> output (or h_raw), acts, cells (and h_raw)
   then, with a projection, h^T = W_hr @ h_raw^T in chunks of outputs.
@@ -57,8 +58,8 @@ bfloat16, forward+backward, T=1000 or 100, H=256, against cuDNN in the same
 run; benchmarks/RESULTS.md): B=1 31.6 and 31.0 ms (cuDNN 41.6 and 27.3 ms
 in two runs), B=8 35.3 and 34.5 ms (cuDNN 41.7 and 27.4), B=32 (T=100, two
 layers) 7.6 and 7.3 ms (cuDNN 12.6 and 9.0): steady across runs where cuDNN
-was not, and near cuDNN rather than clearly ahead. Not yet compared with the
-per-step path at these sizes.
+was not, and near cuDNN rather than clearly ahead. The per-step path was
+not timed at these sizes.
 """
 
 from __future__ import annotations
@@ -69,20 +70,21 @@ import triton.language as tl
 from torch import Tensor
 
 from .gate_math import gates_backward, gates_forward, load_gates, store_gates
-from .launch import dot_dtype, math_dtype, wrap_triton
-from .persistent import BLOCK_B, batch_rows, previous_rows
-from .steps import Steps, weight_gradients
+from .one_launch import Kernels, layer_bwd, layer_fwd
+from .steps import Steps, entry_rows
 
 BLOCK_J = 64  # hidden units (or outputs) per chunk; not tuned
 BLOCK_K = 64  # reduction chunk of each product; not tuned
 STREAMED_LIMIT = 256  # largest max(H, P) sent here; the public Triton LSTM kernels' range, unmeasured
 
+KERNELS = Kernels(tiles=lambda H, P: dict(BLOCK_J=BLOCK_J, BLOCK_K=BLOCK_K), scratch=True)
+
 
 @triton.jit
-def init_rows(src, dst, b, in_batch, W, HAS_SRC: tl.constexpr, BLOCK_B: tl.constexpr,
+def copy_rows(src, dst, b, in_batch, W, HAS_SRC: tl.constexpr, BLOCK_B: tl.constexpr,
               BLOCK: tl.constexpr):
     """dst[b, :W] = src[b, :W] (zeros without src), in dst's dtype, for this
-    program's batch rows b: the kernels' own copy of an initial state."""
+    program's batch rows b: the kernels' own copy of an initial or final state."""
     cols = tl.arange(0, BLOCK)
     for w0 in range(0, W, BLOCK):
         w = w0 + cols
@@ -96,6 +98,12 @@ def init_rows(src, dst, b, in_batch, W, HAS_SRC: tl.constexpr, BLOCK_B: tl.const
 
 
 @triton.jit
+def half(i, B, W):
+    """Offset (int64: 2BW can pass 2^31) of half i % 2 of a double buffer [2, B, W]."""
+    return tl.cast(i % 2, tl.int64) * B * W
+
+
+@triton.jit
 def carry(src, dst, at, mask, active, value):
     """dst[at] = value in the active batch columns; the rest keep src[at], the
     state of the previous step (src and dst: the two halves of a step buffer)."""
@@ -105,34 +113,31 @@ def carry(src, dst, at, mask, active, value):
 
 @triton.jit
 def _lstm_streamed_fwd_kernel(
-    x_ptr, w_hh_ptr, w_hr_ptr,             # [N, 4H], [4H, P], [P, H] (HAS_PROJ)
-    out_ptr, acts_ptr, cells_ptr,          # [N, P], [N, 4H] and [N, H] (SAVE)
-    h_raw_ptr,                             # (HAS_PROJ) [N, H] when SAVE, else [B, H] scratch
-    h0_ptr, c0_ptr,                        # [B, P], [B, H]: read only
+    x_ptr, w_hh_ptr, w_hr_ptr, h0_ptr, c0_ptr,  # arguments: one_launch.py
+    out_ptr, h_n_ptr, c_n_ptr, acts_ptr, cells_ptr, h_raw_ptr,
     h_buf_ptr, c_buf_ptr,                  # [2, B, P], [B, H] MATH: set from h0, c0 here
-    sizes_ptr, offsets_ptr,                # int32 [T] (PACKED)
-    T, B, H, P,
+    plan_ptr, T, B, H, P,
     HAS_PROJ: tl.constexpr, PACKED: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
     MATH: tl.constexpr, DOT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)   # batch rows [BB]
+    b = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)  # batch rows [BB]
     in_batch = b < B
     jj = tl.arange(0, BLOCK_J)
     kk = tl.arange(0, BLOCK_K)
     out_ty = out_ptr.dtype.element_ty
 
-    init_rows(h0_ptr, h_buf_ptr, b, in_batch, P, True, BLOCK_B, BLOCK_J)  # h buffer 0
-    init_rows(c0_ptr, c_buf_ptr, b, in_batch, H, True, BLOCK_B, BLOCK_J)
+    copy_rows(h0_ptr, h_buf_ptr, b, in_batch, P, True, BLOCK_B, BLOCK_J)  # h buffer 0
+    copy_rows(c0_ptr, c_buf_ptr, b, in_batch, H, True, BLOCK_B, BLOCK_J)
     tl.debug_barrier()
     for k in range(T):
-        row, active = batch_rows(k, b, T, sizes_ptr, offsets_ptr, B, REVERSE, PACKED)
+        row, active, _, _ = entry_rows(plan_ptr, k, b, T, B, REVERSE, PACKED)
         if SAVE:
             raw_row = row                                     # the step's rows of the saved h_raw
         else:
             raw_row = b                                       # the scratch's rows
-        h_src = h_buf_ptr + (k % 2) * B * P                   # h_{t-1}
-        h_dst = h_buf_ptr + ((k + 1) % 2) * B * P             # h_t
+        h_src = h_buf_ptr + half(k, B, P)                     # h_{t-1}
+        h_dst = h_buf_ptr + half(k + 1, B, P)                 # h_t
 
         for j0 in range(0, H, BLOCK_J):
             j = j0 + jj
@@ -185,37 +190,36 @@ def _lstm_streamed_fwd_kernel(
                 carry(h_src, h_dst, b[None, :] * P + p[:, None], pm[:, None] & in_batch[None, :], active,
                       acc.to(out_ty))
         tl.debug_barrier()                                     # h_t complete before step k + 1 reads it
+    copy_rows(h_buf_ptr + half(T, B, P), h_n_ptr, b, in_batch, P, True, BLOCK_B, BLOCK_J)
+    copy_rows(c_buf_ptr, c_n_ptr, b, in_batch, H, True, BLOCK_B, BLOCK_J)
 
 
 @triton.jit
 def _lstm_streamed_bwd_kernel(
-    go_ptr, w_hh_ptr, w_hr_ptr, c0_ptr,    # [N, P] (HAS_GO), [4H, P], [P, H] (HAS_PROJ), [B, H]
-    acts_ptr, cells_ptr,                   # [N, 4H], [N, H]
-    grad_x_ptr, dh_out_ptr,                # [N, 4H], [N, P] (HAS_PROJ)
-    dh_n_ptr, dc_n_ptr,                    # grad_h_n [B, P] (HAS_DH_N), grad_c_n [B, H] (HAS_DC_N): read only
+    go_ptr, dh_n_ptr, dc_n_ptr,            # arguments: one_launch.py
+    w_hh_ptr, w_hr_ptr, c0_ptr, acts_ptr, cells_ptr,
+    grad_x_ptr, dh_out_ptr, grad_h0_ptr, grad_c0_ptr,
     dh_buf_ptr, dc_buf_ptr,                # [2, B, P], [B, H] MATH: set from dh_n, dc_n (or 0) here
-    sizes_ptr, offsets_ptr,                # int32 [T] (PACKED)
-    T, B, H, P,
+    plan_ptr, T, B, H, P,
     HAS_GO: tl.constexpr, HAS_DH_N: tl.constexpr, HAS_DC_N: tl.constexpr, HAS_PROJ: tl.constexpr,
     PACKED: tl.constexpr, REVERSE: tl.constexpr,
     MATH: tl.constexpr, DOT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    b = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     in_batch = b < B
     jj = tl.arange(0, BLOCK_J)
     kk = tl.arange(0, BLOCK_K)
     out_ty = grad_x_ptr.dtype.element_ty
 
-    init_rows(dh_n_ptr, dh_buf_ptr, b, in_batch, P, HAS_DH_N, BLOCK_B, BLOCK_J)  # dh buffer 0
-    init_rows(dc_n_ptr, dc_buf_ptr, b, in_batch, H, HAS_DC_N, BLOCK_B, BLOCK_J)
+    copy_rows(dh_n_ptr, dh_buf_ptr, b, in_batch, P, HAS_DH_N, BLOCK_B, BLOCK_J)  # dh buffer 0
+    copy_rows(dc_n_ptr, dc_buf_ptr, b, in_batch, H, HAS_DC_N, BLOCK_B, BLOCK_J)
     tl.debug_barrier()
     for r in range(T):
-        k = T - 1 - r                                          # processing index, last first
-        row, active = batch_rows(k, b, T, sizes_ptr, offsets_ptr, B, REVERSE, PACKED)
-        row_prev, from_prev = previous_rows(k, b, T, sizes_ptr, offsets_ptr, B, REVERSE, PACKED)
-        dh_src = dh_buf_ptr + (r % 2) * B * P                 # dL/dh_t
-        dh_dst = dh_buf_ptr + ((r + 1) % 2) * B * P           # dL/dh_{t-1}
+        k = T - 1 - r                                          # plan entry, last first
+        row, active, row_prev, from_prev = entry_rows(plan_ptr, k, b, T, B, REVERSE, PACKED)
+        dh_src = dh_buf_ptr + half(r, B, P)                   # dL/dh_t
+        dh_dst = dh_buf_ptr + half(r + 1, B, P)               # dL/dh_{t-1}
 
         if HAS_PROJ:
             for p0 in range(0, P, BLOCK_J):
@@ -277,6 +281,8 @@ def _lstm_streamed_bwd_kernel(
                                  acc=acc, input_precision="ieee")
             carry(dh_src, dh_dst, b[None, :] * P + p[:, None], pm[:, None] & in_batch[None, :], active, acc)
         tl.debug_barrier()                                     # dL/dh_{t-1} complete
+    copy_rows(dh_buf_ptr + half(T, B, P), grad_h0_ptr, b, in_batch, P, True, BLOCK_B, BLOCK_J)
+    copy_rows(dc_buf_ptr, grad_c0_ptr, b, in_batch, H, True, BLOCK_B, BLOCK_J)
 
 
 def fits(H: int, P: int, dtype: torch.dtype) -> bool:
@@ -284,37 +290,12 @@ def fits(H: int, P: int, dtype: torch.dtype) -> bool:
     return dtype != torch.float64 and max(H, P) <= STREAMED_LIMIT
 
 
-def _state_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def lstm_streamed_fwd(x_proj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, w_hr: Tensor | None,
                       steps: Steps, save_for_backward: bool):
     """The contract's lstm_layer_fwd in one launch, weights streamed
     (arguments checked) -> output, h_n, c_n, acts, cells, h_raw."""
-    B, H, P = steps.B, c0.shape[1], w_hh.shape[1]
-    x = x_proj.contiguous()
-    output = x.new_empty(*x.shape[:-1], P)
-    acts = x.new_empty(x.shape) if save_for_backward else x.new_empty(0)
-    cells = x.new_empty(*x.shape[:-1], H) if save_for_backward else x.new_empty(0)
-    # o * tanh(c), the projection's input: every step's when saving, else one step's.
-    h_raw = x.new_empty(*(x.shape[:-1] if save_for_backward else (B,)), H) if w_hr is not None else None
-    # Set from h0 and c0 by the kernel itself ("Initial state" above).
-    h_buf = h0.new_empty(2 * B, P)
-    c_buf = c0.new_empty(B, H, dtype=_state_dtype(c0.dtype))
-    if B > 0:
-        wrap_triton(_lstm_streamed_fwd_kernel)[(triton.cdiv(B, BLOCK_B),)](
-            x, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else None,
-            output, acts if save_for_backward else None, cells if save_for_backward else None,
-            h_raw, h0.contiguous(), c0.contiguous(), h_buf, c_buf,
-            steps.sizes, steps.offsets, steps.T, B, H, P,
-            HAS_PROJ=w_hr is not None, PACKED=steps.packed, REVERSE=steps.reverse,
-            SAVE=save_for_backward, MATH=math_dtype(x.dtype),
-            DOT=dot_dtype(x.dtype, _lstm_streamed_fwd_kernel), BLOCK_B=BLOCK_B, BLOCK_J=BLOCK_J,
-            BLOCK_K=BLOCK_K)
-    h_n = h_buf.view(2, B, P)[steps.T % 2].clone()
-    return (output, h_n, c_buf.to(c0.dtype), acts, cells,
-            h_raw if save_for_backward and w_hr is not None else x.new_empty(0))
+    return layer_fwd(_lstm_streamed_fwd_kernel, KERNELS, x_proj, w_hh, h0, c0, w_hr, steps,
+                     save_for_backward)
 
 
 def lstm_streamed_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_c_n: Tensor | None,
@@ -322,27 +303,5 @@ def lstm_streamed_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_
                       output: Tensor, acts: Tensor, cells: Tensor, h_raw: Tensor):
     """The contract's lstm_layer_bwd with the recurrence in one launch, weights
     streamed -> grad_x_proj, grad_w_hh, grad_h0, grad_c0, grad_w_hr (None without w_hr)."""
-    B, H, P = steps.B, c0.shape[1], w_hh.shape[1]
-    acts = acts.contiguous()
-    state = _state_dtype(acts.dtype)
-    grad_x = acts.new_empty(acts.shape)
-    dh_out = acts.new_empty(*acts.shape[:-1], P) if w_hr is not None else None
-    # As in the forward, set by the kernel: from grad_h_n and grad_c_n, or zeros.
-    dh_buf = acts.new_empty(2 * B, P, dtype=state)
-    dc_buf = acts.new_empty(B, H, dtype=state)
-    if B > 0:
-        wrap_triton(_lstm_streamed_bwd_kernel)[(triton.cdiv(B, BLOCK_B),)](
-            grad_output.contiguous() if grad_output is not None else None,
-            w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else None, c0.contiguous(),
-            acts, cells.contiguous(), grad_x, dh_out,
-            grad_h_n.contiguous() if grad_h_n is not None else None,
-            grad_c_n.contiguous() if grad_c_n is not None else None, dh_buf, dc_buf,
-            steps.sizes, steps.offsets, steps.T, B, H, P,
-            HAS_GO=grad_output is not None, HAS_DH_N=grad_h_n is not None,
-            HAS_DC_N=grad_c_n is not None, HAS_PROJ=w_hr is not None, PACKED=steps.packed,
-            REVERSE=steps.reverse, MATH=math_dtype(acts.dtype),
-            DOT=dot_dtype(acts.dtype, _lstm_streamed_bwd_kernel), BLOCK_B=BLOCK_B, BLOCK_J=BLOCK_J,
-            BLOCK_K=BLOCK_K)
-    grad_h0 = dh_buf.view(2, B, P)[steps.T % 2].to(h0.dtype, copy=True)
-    grad_w_hh, grad_w_hr = weight_gradients(steps, grad_x, output, h0, h_raw, dh_out)
-    return grad_x, grad_w_hh, grad_h0, dc_buf.to(c0.dtype), grad_w_hr
+    return layer_bwd(_lstm_streamed_bwd_kernel, KERNELS, grad_output, grad_h_n, grad_c_n, w_hh, h0,
+                     c0, w_hr, steps, output, acts, cells, h_raw)

@@ -2,8 +2,8 @@
 // csrc/cuda/lstm_cell_cuda.cuh and lstm_layer_cuda.cuh (buffers, GEMMs on
 // views, per-step pointers, the choice of vector width) and the per-thread
 // code of every kernel (gate math, 128-bit packs, packed and reversed steps,
-// the projection, the h_prev gather, float cell state), with each pass run
-// thread by thread on the host instead of launched. Checked against the CPU
+// the projection, float cell state), with each pass run thread by thread on
+// the host instead of launched. Checked against the CPU
 // backend in float64. What only a GPU can check (the grid mapping, launches,
 // streams, cuBLAS) is left to the pytest suite's CUDA tests. Built by CMake
 // when the CUDA kernels are; run by ctest, no GPU needed.

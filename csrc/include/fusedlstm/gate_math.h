@@ -32,6 +32,11 @@
 #include <cmath>
 
 namespace fusedlstm {
+// The CPU kernels are compiled once per SIMD level (CPU_CAPABILITY), each level's
+// copy of these inline functions in its own namespace (csrc/cpu/lstm_cpu.h).
+#ifdef CPU_CAPABILITY
+inline namespace CPU_CAPABILITY {
+#endif
 
 // Scalar math, spelled so that host and device compilers pick the single- or
 // double-precision routine (an unqualified exp(float) may run in double).
@@ -92,4 +97,7 @@ FUSEDLSTM_HOST_DEVICE Gates<T> gates_backward(
       dh * tc * a.o * (one - a.o)};
 }
 
+#ifdef CPU_CAPABILITY
+}  // namespace CPU_CAPABILITY
+#endif
 }  // namespace fusedlstm
