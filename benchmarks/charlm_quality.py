@@ -4,22 +4,26 @@ torch.nn.LSTM, each for the same wall-clock budget, on one corpus.
     python benchmarks/charlm_quality.py --text ../shared/corpora/tinyshakespeare.txt \
         --minutes 10 --impl fused nn --out runs/charlm_quality
 
-Runs the implementations one after the other (never at the same time), each
-with `fusedlstm train`'s own loop and a preset (default: "default"), and writes
-<out>/results.json and <out>/results.md (a Markdown table), besides each run's
-folder (<out>/<impl>/: metrics.jsonl, loss.png, checkpoints). The conditions
-(torch version, threads, CPU, load average) go with the figures, since a busy
-machine changes them.
+Runs the implementations one after the other (never at the same time), each in
+a process of its own with `fusedlstm train`'s own loop and a preset (default:
+"default", sized to the corpus and the budget; with `nn` it has no weight or
+variational dropout, which torch.nn.LSTM lacks, so the `nn` run is the same
+trainer without the new regularisers), and writes <out>/results.json and
+<out>/results.md (a Markdown table), besides each run's folder (<out>/<impl>/:
+metrics.jsonl, loss.png, checkpoints). The conditions (torch version, threads,
+CPU, load average) go with the figures, since a busy machine changes them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -43,6 +47,7 @@ def conditions(threads: int) -> dict:
 
 
 def run_one(args, impl: str) -> dict:
+    torch.set_num_threads(args.threads)
     config = make_config(args.preset, text=args.text, out=str(Path(args.out) / impl), minutes=args.minutes,
                          lstm_impl=impl, device=args.device, val_fraction=args.val_fraction, seed=args.seed)
     load_before = os.getloadavg()[0]
@@ -66,17 +71,21 @@ def table(results: list[dict], args, env: dict) -> str:
     cfg = results[0]["config"]
     lines = [
         f"Corpus `{Path(args.text).name}` (validation: last {cfg['val_fraction']:.0%}), preset `{args.preset}` "
-        f"(embed {cfg['embed_dim']}, hidden {'x'.join(map(str, cfg['hidden_sizes']))}, seq {cfg['seq_len']}, "
-        f"batch {cfg['batch_size']}, dropout {cfg['dropout']}), {args.minutes:g} min per implementation, "
+        f"(embed {cfg['embed_dim']}, seq {cfg['seq_len']}, batch {cfg['batch_size']}, lr {cfg['lr']:g}, "
+        f"weight decay {cfg['weight_decay']:g}), {args.minutes:g} min per implementation, "
         f"{args.device}, float32, {env['threads']} thread(s), torch {env['torch']}, {env['cpu']} "
         f"({env['cores']} cores), {env['date']}.",
         "",
-        "| LSTM | best val loss (nats/char) | bpc | at step | steps | train chars/s | load avg (before/after) |",
-        "|---|---|---|---|---|---|---|",
+        "| LSTM | hidden | dropout / weight / variational | best val loss (nats/char) | bpc | at step | steps "
+        "| train chars/s | load avg (before/after) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     names = {"fused": "`FusedLSTM` (ours)", "nn": "`torch.nn.LSTM`"}
     for r in results:
-        lines.append(f"| {names[r['impl']]} | {r['best_val_loss']:.4f} | {r['best_val_bpc']:.3f} | {r['best_step']} | "
+        c = r["config"]
+        lines.append(f"| {names[r['impl']]} | {'x'.join(map(str, c['hidden_sizes']))} | {c['dropout']:g} / "
+                     f"{c['weight_dropout']:g} / {c['variational_dropout']:g} | "
+                     f"{r['best_val_loss']:.4f} | {r['best_val_bpc']:.3f} | {r['best_step']} | "
                      f"{r['steps']} | {r['train_chars_per_sec']:,.0f} | {r['load_avg_before']:.1f} / "
                      f"{r['load_avg_after']:.1f} |")
     return "\n".join(lines) + "\n"
@@ -101,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and any(out.iterdir()):
         parser.error(f"{out} is not empty: choose another --out")
     env = conditions(torch.get_num_threads())
-    results = [run_one(args, impl) for impl in args.impl]
+    # Each run in a fresh process: what one leaves behind (allocator state, page faults,
+    # warm caches) must not speed up or slow down the next.
+    results = []
+    for impl in args.impl:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results.append(pool.submit(run_one, args, impl).result())
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"conditions": env, "results": results}, indent=2) + "\n")
     markdown = table(results, args, env)

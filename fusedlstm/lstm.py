@@ -8,14 +8,13 @@ torch.nn.LSTM, so state_dicts move both ways; `backend` picks the kernels.
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import backends, export_onnx
+from . import backends, export_onnx, regularisers
 from .checks import check_hidden_dtype, check_packed_sequence, check_same_device, check_size
 from .layer import LayerWeights
 from .layer import run as run_layer
@@ -42,7 +41,12 @@ class FusedLSTM(nn.Module):
     """Multi-layer LSTM with fused kernels; a drop-in torch.nn.LSTM.
 
     Args are nn.LSTM's, plus `backend`: "auto", "cpu", "cuda", "triton" or
-    "reference" (see fusedlstm.backends; FUSEDLSTM_BACKEND overrides "auto").
+    "reference" (see fusedlstm.backends; FUSEDLSTM_BACKEND overrides "auto"),
+    and two regularisers of the recurrence, active in training mode only (see
+    fusedlstm.regularisers): `weight_dropout`, DropConnect on every W_hh with a
+    fresh mask per call, and `variational_dropout`, dropout on every layer's
+    input with one mask per sequence for all its steps. `dropout` keeps
+    nn.LSTM's meaning (a fresh mask per step, between layers).
 
     Shapes (L = num_layers, D = 2 if bidirectional else 1, P = proj_size or
     hidden_size): input [T, B, input_size] ([B, T, input_size] with
@@ -53,12 +57,12 @@ class FusedLSTM(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None, backend: str = "auto") -> None:
+                 proj_size: int = 0, device=None, dtype=None, backend: str = "auto",
+                 weight_dropout: float = 0.0, variational_dropout: float = 0.0) -> None:
         super().__init__()
-        if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
-                or not 0 <= dropout <= 1):
-            raise ValueError("dropout should be a number in range [0, 1] representing the "
-                             "probability of an element being zeroed")
+        for name, p in (("dropout", dropout), ("weight_dropout", weight_dropout),
+                        ("variational_dropout", variational_dropout)):
+            regularisers.check_probability(name, p)
         for name, flag in (("bias", bias), ("batch_first", batch_first),
                            ("bidirectional", bidirectional)):
             if not isinstance(flag, bool):
@@ -80,6 +84,7 @@ class FusedLSTM(nn.Module):
         self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
         self.dropout, self.proj_size = float(dropout), proj_size
         self.backend = backends.module_setting(backend)
+        self.weight_dropout, self.variational_dropout = float(weight_dropout), float(variational_dropout)
 
         factory = {"device": device, "dtype": dtype}
         gates, out_size = 4 * hidden_size, proj_size or hidden_size
@@ -136,9 +141,12 @@ class FusedLSTM(nn.Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
-        return (s + f", backend={self.backend!r}"
-                + backends.module_note(self.backend, self.weight_ih_l0, "layer", self.hidden_size,
-                                       self.proj_size))
+        s += f", backend={self.backend!r}"
+        if self.weight_dropout:
+            s += f", weight_dropout={self.weight_dropout}"
+        if self.variational_dropout:
+            s += f", variational_dropout={self.variational_dropout}"
+        return s + backends.module_note(self.backend, self.weight_ih_l0, "layer", self.hidden_size, self.proj_size)
 
     # --- conversion to and from nn.LSTM ---------------------------------------------------
 
@@ -149,18 +157,22 @@ class FusedLSTM(nn.Module):
                     proj_size=self.proj_size)
 
     @classmethod
-    def from_lstm(cls, lstm: nn.LSTM, backend: str = "auto") -> "FusedLSTM":
-        """A FusedLSTM with `lstm`'s configuration, device, dtype and weights (copied)."""
+    def from_lstm(cls, lstm: nn.LSTM, backend: str = "auto", weight_dropout: float = 0.0,
+                  variational_dropout: float = 0.0) -> "FusedLSTM":
+        """A FusedLSTM with `lstm`'s configuration, device, dtype and weights (copied),
+        and the regularisers given (nn.LSTM has none)."""
         weight = lstm.weight_ih_l0
         fused = cls(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bias, lstm.batch_first,
                     lstm.dropout, lstm.bidirectional, lstm.proj_size, device=weight.device,
-                    dtype=weight.dtype, backend=backend)
+                    dtype=weight.dtype, backend=backend, weight_dropout=weight_dropout,
+                    variational_dropout=variational_dropout)
         fused.load_state_dict(lstm.state_dict())
         fused.train(lstm.training)
         return fused
 
     def to_lstm(self) -> nn.LSTM:
-        """An nn.LSTM with this module's configuration, device, dtype and weights (copied)."""
+        """An nn.LSTM with this module's configuration, device, dtype and weights (copied).
+        It has no weight_dropout or variational_dropout: it equals this module in eval()."""
         weight = self.weight_ih_l0
         lstm = nn.LSTM(**self._config(), device=weight.device, dtype=weight.dtype)
         lstm.load_state_dict(self.state_dict())
@@ -275,20 +287,43 @@ class FusedLSTM(nn.Module):
         biases = (weights[2], weights[3]) if self.bias else (None, None)
         return LayerWeights(weights[0], weights[1], *biases, weights[-1] if self.proj_size else None)
 
+    def _active_regularisers(self) -> tuple[float, float]:
+        """(weight_dropout, variational_dropout) as this call applies them: both 0 in
+        eval(). ONNX's LSTM node has no dropout, so an export that would need one
+        (training mode with either on) is refused rather than written without it."""
+        if not (self.training and (self.weight_dropout or self.variational_dropout)):
+            return 0.0, 0.0
+        if export_onnx.in_onnx_export():
+            raise RuntimeError(
+                "fusedlstm: a FusedLSTM in training mode with weight_dropout or "
+                "variational_dropout cannot be exported to ONNX (ONNX's LSTM has no dropout on "
+                "its recurrence); call model.eval() before torch.onnx.export, which turns them off")
+        return self.weight_dropout, self.variational_dropout
+
     def _run_layers(self, x: Tensor, hx: tuple[Tensor, Tensor], batch_sizes: Tensor | None,
                     dtype: torch.dtype):
         """x: time-major [T, B, I] or packed [N, I] -> output [.., D*P], h_n, c_n,
         computed in `dtype`. Each layer and direction is one fusedlstm.layer.run;
-        dropout goes between layers."""
+        in training mode, variational dropout goes on each layer's input, weight
+        dropout on its W_hh (masks drawn here, so traced graphs hold them too), and
+        dropout between layers."""
         h0, c0 = hx
         h_n, c_n = [], []
         layer_input = x
+        weight_dropout, variational_dropout = self._active_regularisers()
         for layer in range(self.num_layers):
+            if variational_dropout:
+                layer_input = regularisers.locked_dropout(layer_input, variational_dropout,
+                                                          batch_sizes)
             outputs = []
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
-                out, h, c = run_layer(layer_input, self._layer_weights(index, dtype), h0[index],
-                                      c0[index], batch_sizes, direction == 1, self.backend)
+                weights = self._layer_weights(index, dtype)
+                if weight_dropout:
+                    weights = weights._replace(w_hh=regularisers.drop_connect(weights.w_hh,
+                                                                              weight_dropout))
+                out, h, c = run_layer(layer_input, weights, h0[index], c0[index], batch_sizes,
+                                      direction == 1, self.backend)
                 outputs.append(out)
                 h_n.append(h)
                 c_n.append(c)

@@ -43,6 +43,7 @@ def unigram_entropy(text: str) -> float:
 
 def tiny_config(text: Path, out: Path, **overrides):
     values = dict(text=str(text), out=str(out), embed_dim=16, hidden_sizes=(48,), dropout=0.0,
+                  weight_dropout=0.0, variational_dropout=0.0,
                   seq_len=16, batch_size=8, lr=1e-2, warmup_steps=5, max_steps=40, eval_interval=10,
                   eval_streams=4, device="cpu", precision="fp32", seed=1)
     values.update(overrides)

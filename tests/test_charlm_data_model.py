@@ -104,7 +104,8 @@ def test_presets_and_layer_sizes():
     assert (seed.hidden_sizes, seed.dropout, seed.seq_len, seed.batch_size) == ((1000, 800), 0.5, 100, 64)
     assert layer_sizes("default", [128], 3) == (128, 128, 128)
     assert layer_sizes("seed", [1000, 800, 600], None) == (1000, 800, 600)
-    assert layer_sizes("default", None, 3) == (128, 128, 128)
+    assert layer_sizes("default", None, 3) == (0, 0, 0)  # sized by make_config
+    assert layer_sizes("small", None, 3) == (128, 128, 128)
     with pytest.raises(CharLMError, match="differ in size"):
         layer_sizes("seed", None, 3)
     with pytest.raises(CharLMError, match="unknown preset"):
@@ -113,6 +114,51 @@ def test_presets_and_layer_sizes():
     assert (make_config(max_steps=10).max_steps, make_config(max_steps=10).minutes) == (10, None)
     with pytest.raises(CharLMError, match="dropout"):
         make_config(dropout=1.5)
+    small = make_config("small")
+    assert (small.hidden_sizes, small.dropout, small.weight_dropout, small.variational_dropout) == ((128, 128), 0.1, 0, 0)
+
+
+def sized(chars, tmp_path, **overrides):
+    path = tmp_path / f"{chars}.txt"
+    if not path.exists():
+        path.write_text("x" * chars)
+    return make_config(text=str(path), val_fraction=0.1, **overrides)
+
+
+def test_default_preset_is_sized_to_the_corpus_and_the_budget(tmp_path):
+    short_small, long_small = sized(150_000, tmp_path, minutes=1), sized(150_000, tmp_path, minutes=10)
+    long_large = sized(100_000_000, tmp_path, minutes=10)
+    longer_large = sized(100_000_000, tmp_path, minutes=120)
+    # A longer budget trains a bigger model, up to what the text can feed.
+    assert short_small.hidden_sizes[0] < long_small.hidden_sizes[0] <= long_large.hidden_sizes[0]
+    assert long_large.hidden_sizes[0] < longer_large.hidden_sizes[0]
+    assert sized(150_000, tmp_path, minutes=120).hidden_sizes == long_small.hidden_sizes  # the text's cap
+    assert sized(20_000, tmp_path, minutes=120).hidden_sizes[0] < long_small.hidden_sizes[0]
+    # More passes over the text, more regularisation; one pass or less, none.
+    for field in ("dropout", "weight_dropout", "variational_dropout"):
+        assert getattr(long_small, field) > getattr(long_large, field), field
+    assert (long_large.weight_dropout, long_large.variational_dropout) == (0, 0)
+    assert long_small.weight_dropout >= 0.3
+    # The budget in steps counts as well as in minutes.
+    assert sized(150_000, tmp_path, max_steps=10).hidden_sizes[0] == 128
+
+
+def test_given_values_win_over_the_sizing(tmp_path):
+    config = sized(150_000, tmp_path, minutes=10, hidden_sizes=(512,), dropout=0.05, weight_dropout=0.1)
+    assert (config.hidden_sizes, config.dropout, config.weight_dropout) == ((512,), 0.05, 0.1)
+    assert config.variational_dropout > 0  # sized for the model given
+    three = sized(150_000, tmp_path, minutes=10, hidden_sizes=(0, 0, 0)).hidden_sizes  # --layers 3 alone
+    assert len(set(three)) == 1 and len(three) == 3
+    assert 128 <= three[0] <= sized(150_000, tmp_path, minutes=10).hidden_sizes[0]  # sized for 3 layers
+    nn_config = sized(150_000, tmp_path, minutes=10, lstm_impl="nn")
+    assert (nn_config.weight_dropout, nn_config.variational_dropout) == (0, 0)
+    assert nn_config.dropout == sized(150_000, tmp_path, minutes=10).dropout
+    with pytest.raises(CharLMError, match="need lstm_impl 'fused'"):
+        sized(150_000, tmp_path, lstm_impl="nn", weight_dropout=0.2)
+    with pytest.raises(CharLMError, match="cannot read the corpus"):
+        make_config(text=str(tmp_path / "missing.txt"))
+    with pytest.raises(CharLMError, match="minutes must be positive"):  # before the sizing reads it
+        sized(150_000, tmp_path, minutes=-1)
 
 
 # --- model ----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from fusedlstm import cli
 from fusedlstm.charlm import checkpoint as ckpt
 from fusedlstm.charlm.errors import CharLMError, TrainingDiverged
 from fusedlstm.charlm.model import CharLM
-from fusedlstm.charlm.train import learning_rate, resume, train
+from fusedlstm.charlm.train import learning_rate, make_optimizer, resume, train
 
 FIELDS = {"step", "train_loss", "val_loss", "val_bpc", "chars_per_sec", "elapsed_s", "lr"}
 
@@ -42,7 +42,8 @@ def wait_for_lines(run_dir, count, process, timeout=90):
 
 def train_command(text, out, *extra):
     return [python(), "-m", "fusedlstm", "train", "--text", str(text), "--out", str(out),
-            "--embed", "16", "--hidden", "48", "--layers", "1", "--dropout", "0.2", "--seq-len", "16",
+            "--embed", "16", "--hidden", "48", "--layers", "1", "--dropout", "0.2", "--weight-dropout", "0",
+            "--variational-dropout", "0", "--seq-len", "16",
             "--batch-size", "8", "--lr", "0.01", "--device", "cpu", "--seed", "5", *extra]
 
 
@@ -114,6 +115,37 @@ def test_nn_lstm_and_bf16_runs_use_the_same_training_code(corpus, tmp_path, one_
               progress=False)
         (first, *_, last) = losses(tmp_path / name)
         assert last[2] < first[2] < math.log(len(set(path.read_text()))), name
+
+
+def test_regularised_run_learns_and_keeps_its_settings(corpus, tmp_path, one_thread):
+    path, _ = corpus
+    result = train(tiny_config(path, tmp_path / "run", max_steps=60, eval_interval=20, weight_dropout=0.3,
+                               variational_dropout=0.2, weight_decay=0.1), progress=False)
+    (first, *_, last) = losses(tmp_path / "run")
+    assert last[2] < first[2] < math.log(len(set(path.read_text())))
+    lstm = result.model.groups[0]
+    assert (lstm.weight_dropout, lstm.variational_dropout) == (0.3, 0.2)
+    saved = ckpt.load(tmp_path / "run" / ckpt.LAST)
+    assert (saved["config"]["weight_dropout"], saved["config"]["weight_decay"]) == (0.3, 0.1)
+    resumed = resume(tmp_path / "run", progress=False, max_steps=80)
+    assert resumed.step == 80 and resumed.model.groups[0].weight_dropout == 0.3
+
+
+def test_weight_decay_shrinks_weight_matrices_only():
+    """Decoupled decay: with zero gradients Adam's own update is 0, so one step multiplies
+    every weight matrix by 1 - lr * weight_decay and leaves the biases alone."""
+    config = tiny_config("x", "y", lr=0.1, weight_decay=0.5)
+    model = CharLM(7, 4, (6,), lstm_impl="fused")
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = make_optimizer(model, config, torch.device("cpu"))
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for name, p in model.named_parameters():
+        factor = 0.95 if p.dim() >= 2 else 1.0
+        torch.testing.assert_close(p.detach(), before[name] * factor, msg=name)
+    plain = make_optimizer(model, tiny_config("x", "y"), torch.device("cpu"))
+    assert len(plain.param_groups) == 1 and plain.param_groups[0]["weight_decay"] == 0
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):

@@ -24,12 +24,18 @@ def add_commands(commands) -> None:
     train.add_argument("--text", metavar="PATH", help="UTF-8 text file (default: pydoc_data.topics)")
     train.add_argument("--out", metavar="DIR", help="run folder (default: runs/charlm-<time>)")
     train.add_argument("--preset", default="default", choices=sorted(PRESETS),
-                       help="default: small, ~2 CPU minutes; seed: the blog's 1000+800 units (default: default)")
+                       help="default: sized to the text and the budget; small: 2x128, dropout 0.1; "
+                            "seed: the blog's 1000+800 units (default: default)")
     train.add_argument("--hidden", type=_sizes, metavar="N[,N...]",
                        help="hidden size of every layer, or one per layer (e.g. 1000,800)")
     train.add_argument("--layers", type=int, metavar="N", help="number of LSTM layers")
     train.add_argument("--embed", dest="embed_dim", type=int, metavar="N", help="embedding size")
     train.add_argument("--dropout", type=float, metavar="P", help="dropout after every LSTM layer")
+    train.add_argument("--weight-dropout", type=float, metavar="P",
+                       help="DropConnect on every W_hh, a fresh mask per window (FusedLSTM only)")
+    train.add_argument("--variational-dropout", type=float, metavar="P",
+                       help="dropout on every LSTM layer's input, one mask per sequence (FusedLSTM only)")
+    train.add_argument("--weight-decay", type=float, metavar="X", help="decoupled weight decay (AdamW) on weight matrices")
     train.add_argument("--seq-len", type=int, metavar="N", help="characters per window (truncated BPTT length)")
     train.add_argument("--batch-size", type=int, metavar="N", help="streams per step (global, over all processes)")
     train.add_argument("--lr", type=float, metavar="X", help="peak Adam learning rate")
@@ -94,7 +100,8 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         overrides = dict(
             text=args.text, out=args.out, hidden_sizes=layer_sizes(args.preset, args.hidden, args.layers),
-            embed_dim=args.embed_dim, dropout=args.dropout, seq_len=args.seq_len,
+            embed_dim=args.embed_dim, dropout=args.dropout, weight_dropout=args.weight_dropout,
+            variational_dropout=args.variational_dropout, weight_decay=args.weight_decay, seq_len=args.seq_len,
             batch_size=args.batch_size, lr=args.lr, max_steps=args.max_steps, minutes=args.minutes,
             eval_interval=args.eval_interval, val_fraction=args.val_fraction, device=args.device,
             backend=args.backend, lstm_impl=args.lstm_impl, precision=args.precision, seed=args.seed)

@@ -1,13 +1,18 @@
 """Training configuration and presets.
 
 A run's configuration is a flat dataclass of plain values, saved in every
-checkpoint (so a checkpoint says how its model was built and trained).
+checkpoint (so a checkpoint says how its model was built and trained). The
+default preset is sized when the configuration is made, from the corpus
+length and the budget (see `sized_default`); the checkpoint holds the sizes
+chosen, so a resumed run never re-sizes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import CharLMError
 from .model import LSTM_IMPLS
@@ -24,12 +29,15 @@ class TrainConfig:
     embed_dim: int = 64
     hidden_sizes: tuple[int, ...] = (128, 128)
     dropout: float = 0.1
+    weight_dropout: float = 0.0      # DropConnect on every W_hh (FusedLSTM only)
+    variational_dropout: float = 0.0  # every LSTM layer's input, one mask per sequence (FusedLSTM only)
     lstm_impl: str = "fused"         # "fused" (FusedLSTM) or "nn" (torch.nn.LSTM)
     backend: str = "auto"            # FusedLSTM backend
     # optimisation
     seq_len: int = 64
     batch_size: int = 32
     lr: float = 1e-2
+    weight_decay: float = 0.0        # decoupled (AdamW), on the weight matrices only
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1        # the cosine schedule ends at lr * min_lr_ratio
     grad_clip: float = 1.0           # max global gradient norm
@@ -51,10 +59,16 @@ class TrainConfig:
              f"hidden sizes must be positive integers, got {self.hidden_sizes}"),
             (self.embed_dim > 0, f"embed_dim must be positive, got {self.embed_dim}"),
             (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
+            (0 <= self.weight_dropout < 1, f"weight_dropout must be in [0, 1), got {self.weight_dropout}"),
+            (0 <= self.variational_dropout < 1,
+             f"variational_dropout must be in [0, 1), got {self.variational_dropout}"),
+            (self.lstm_impl != "nn" or not (self.weight_dropout or self.variational_dropout),
+             "weight_dropout and variational_dropout need lstm_impl 'fused': torch.nn.LSTM has neither"),
             (self.lstm_impl in LSTM_IMPLS, f"lstm_impl must be one of {LSTM_IMPLS}, got {self.lstm_impl!r}"),
             (self.seq_len > 0, f"seq_len must be positive, got {self.seq_len}"),
             (self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}"),
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
             (0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}"),
             (self.grad_clip > 0, f"grad_clip must be positive, got {self.grad_clip}"),
@@ -82,18 +96,21 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
-# Presets: overrides of TrainConfig's defaults.
+# Presets: overrides of TrainConfig's defaults. The default preset is sized to the
+# corpus and the budget (`sized_default`), the others are fixed.
 PRESETS: dict[str, dict] = {
-    # TrainConfig's defaults. Chosen by two-minute runs on tiny-shakespeare (1 CPU thread,
-    # shared machine, load average 5-8; benchmarks/RESULTS.md): 2x128 reached 2.00 nats/char
-    # against 2.14 for 2x256 (seq 128, lr 3e-3); seq 64 and lr 1e-2 (more, bigger steps)
-    # brought 2x128 to 1.66.
     "default": {},
+    # TrainConfig's defaults, the default preset before it was sized: chosen by two-minute
+    # runs on tiny-shakespeare (1 CPU thread, shared machine, load average 5-8;
+    # benchmarks/RESULTS.md): 2x128 reached 2.00 nats/char against 2.14 for 2x256 (seq 128,
+    # lr 3e-3); seq 64 and lr 1e-2 (more, bigger steps) brought 2x128 to 1.66.
+    "small": {},
     # The blog post's network: LSTM(1000) -> dropout 0.5 -> LSTM(800) -> dropout 0.5 -> softmax,
     # 100-character windows, batch 64, Adam (Keras' default lr 1e-3).
     "seed": dict(hidden_sizes=(1000, 800), dropout=0.5, seq_len=100, batch_size=64, lr=1e-3,
                  max_steps=5000, minutes=None, eval_interval=250),
 }
+SIZED_PRESETS = ("default",)
 
 # What may differ from the saved configuration when a run is resumed: the budget,
 # where and how fast it runs. Anything else would make a different run.
@@ -102,12 +119,85 @@ RESUMABLE_CHANGES = ("max_steps", "minutes", "eval_interval", "device", "backend
 
 BUDGET = ("max_steps", "minutes")
 
+# --- sizing the default preset ----------------------------------------------------------------
+# A run should neither memorise a small text (a 2x256 nn.LSTM without regularisers reached
+# train 0.17 and held-out 3.2 nats/char on 150 KB in 10 minutes) nor leave a large one to a
+# model too small to use it. Two estimates decide (benchmarks/RESULTS.md, "How the default
+# run is sized"):
+#   characters the budget trains on, from a step-time model of this trainer on 2 CPU threads
+#     (AMD EPYC, float32): seconds per step = STEP_S + parameters * PARAM_S at batch 32 x 64;
+#   passes over the training text = those characters / training characters.
+# Each layer gets the largest size of SIZE_LADDER for which the budget still trains on
+# CHARS_PER_PARAM characters per parameter and the model has at most PARAMS_PER_CHAR
+# parameters per training character; the regularisers grow with the passes.
+SIZE_LADDER = (128, 192, 256, 384, 512)
+STEP_S, PARAM_S = 0.010, 1.0e-7
+CHARS_PER_PARAM = 15
+PARAMS_PER_CHAR = 8
+SIZED_FIELDS = ("hidden_sizes", "dropout", "weight_dropout", "variational_dropout")
+
+
+def lstm_parameters(embed_dim: int, hidden_sizes: tuple[int, ...]) -> int:
+    """Weights and biases of the LSTM stack (what a step's time grows with)."""
+    total, size_in = 0, embed_dim
+    for size in hidden_sizes:
+        total += 4 * size * (size_in + size + 2)
+        size_in = size
+    return total
+
+
+def planned_chars(values: dict, hidden_sizes: tuple[int, ...]) -> float:
+    """Training characters the budget in `values` gives a model of `hidden_sizes`."""
+    per_step = values["batch_size"] * values["seq_len"]
+    steps = [values["max_steps"]] if values["max_steps"] is not None else []
+    if values["minutes"] is not None:
+        step_s = (STEP_S + PARAM_S * lstm_parameters(values["embed_dim"], hidden_sizes)) * per_step / 2048
+        steps.append(60 * values["minutes"] / step_s)
+    return min(steps) * per_step
+
+
+def sized_default(corpus_chars: int, values: dict, layers: int) -> dict:
+    """hidden_sizes and the dropouts for a corpus of `corpus_chars` characters and the
+    budget, batch and window in `values` (SIZED_FIELDS, before any override)."""
+    train_chars = corpus_chars * (1 - values["val_fraction"])
+    fits = [h for h in SIZE_LADDER
+            if planned_chars(values, (h,) * layers) >= CHARS_PER_PARAM * lstm_parameters(values["embed_dim"], (h,) * layers)
+            and lstm_parameters(values["embed_dim"], (h,) * layers) <= PARAMS_PER_CHAR * train_chars]
+    hidden_sizes = (max(fits, default=SIZE_LADDER[0]),) * layers
+    return dict(hidden_sizes=hidden_sizes, **regularisation(values, hidden_sizes, train_chars))
+
+
+def regularisation(values: dict, hidden_sizes: tuple[int, ...], train_chars: float) -> dict:
+    """The dropouts for a model of `hidden_sizes`: none below one pass over the text, the
+    most from 100 passes (strength log10(passes) / 2, clipped to [0, 1])."""
+    passes = planned_chars(values, hidden_sizes) / max(1.0, train_chars)
+    strength = min(1.0, max(0.0, math.log10(max(passes, 1.0)) / 2))
+    return dict(dropout=round(0.1 + 0.3 * strength, 2), weight_dropout=round(0.5 * strength, 2),
+                variational_dropout=round(0.2 * strength, 2))
+
+
+def corpus_chars(text: str | None) -> int:
+    """Characters of the corpus a run would read (bytes for a file: a UTF-8 text's
+    multi-byte characters make it a slight overestimate)."""
+    from .corpus import builtin_text, read_text
+
+    if text is None:
+        return len(builtin_text())
+    try:
+        return Path(text).stat().st_size
+    except OSError:
+        return len(read_text(text))  # raises the corpus's own clear error
+
 
 def make_config(preset: str = "default", **overrides) -> TrainConfig:
     """The preset's configuration with `overrides` (None values are ignored).
 
     A budget in `overrides` replaces the preset's whole budget: max_steps=N
-    alone means N steps with no time limit, minutes=M alone M minutes."""
+    alone means N steps with no time limit, minutes=M alone M minutes. The
+    default preset sizes the fields of SIZED_FIELDS that `overrides` leaves
+    out (hidden sizes of 0, from `layer_sizes`, ask for sized layers) from the
+    corpus's length and the budget; with lstm_impl "nn" its weight and
+    variational dropouts are 0 (torch.nn.LSTM has neither)."""
     if preset not in PRESETS:
         raise CharLMError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -118,6 +208,19 @@ def make_config(preset: str = "default", **overrides) -> TrainConfig:
     unknown = set(values) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise TypeError(f"unknown configuration field(s): {sorted(unknown)}")
+    hidden = tuple(values["hidden_sizes"])
+    sized_layers = "hidden_sizes" not in overrides or not any(hidden)
+    if preset in SIZED_PRESETS and (sized_layers or any(k not in overrides for k in SIZED_FIELDS)):
+        checked = TrainConfig(**{**values, "hidden_sizes": (1,)})  # bad values: their own errors first
+        chars = corpus_chars(checked.text)
+        if sized_layers:
+            sized = sized_default(chars, values, len(hidden))
+        else:
+            sized = dict(hidden_sizes=hidden,
+                         **regularisation(values, hidden, chars * (1 - values["val_fraction"])))
+        if values["lstm_impl"] == "nn":
+            sized.update(weight_dropout=0.0, variational_dropout=0.0)
+        values.update({k: v for k, v in sized.items() if k == "hidden_sizes" or k not in overrides})
     return TrainConfig(**values)
 
 
@@ -141,12 +244,15 @@ def _normal(value):
 
 
 def layer_sizes(preset: str, hidden: list[int] | None, layers: int | None) -> tuple[int, ...] | None:
-    """Hidden sizes from --hidden (one size, or one per layer) and --layers; None: the preset's."""
+    """Hidden sizes from --hidden (one size, or one per layer) and --layers; None: the preset's.
+    For a sized preset, --layers alone gives sizes of 0: sized layers (see make_config)."""
     if hidden is None and layers is None:
         return None
     if preset not in PRESETS:
         raise CharLMError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
     base = PRESETS[preset].get("hidden_sizes", TrainConfig.hidden_sizes)
+    if preset in SIZED_PRESETS:
+        base = (0,) * len(base)  # 0: sized by make_config
     if hidden is None:
         if len(set(base)) != 1:
             raise CharLMError(f"the {preset} preset's layers differ in size {tuple(base)}: give --hidden "

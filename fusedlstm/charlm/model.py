@@ -3,6 +3,8 @@
 The LSTM stack may change size between layers (the seed preset has 1000 then
 800 units): consecutive layers of one size form one multi-layer LSTM module (a
 FusedLSTM, or torch.nn.LSTM for comparisons), with dropout after every layer.
+FusedLSTM adds its regularisers of the recurrence (weight_dropout on every
+W_hh, variational_dropout on every layer's input).
 
 Shapes: B batch, T steps, V vocabulary, E embedding, H_k hidden size of layer
 group k, L_k its number of layers.
@@ -53,10 +55,14 @@ def run_lstm(lstm: nn.Module, x: Tensor, state: tuple[Tensor, Tensor] | None):
 
 class CharLM(nn.Module):
     def __init__(self, vocab_size: int, embed_dim: int, hidden_sizes: tuple[int, ...],
-                 dropout: float = 0.0, lstm_impl: str = "fused", backend: str = "auto") -> None:
+                 dropout: float = 0.0, lstm_impl: str = "fused", backend: str = "auto",
+                 weight_dropout: float = 0.0, variational_dropout: float = 0.0) -> None:
         super().__init__()
         if lstm_impl not in LSTM_IMPLS:
             raise ValueError(f"lstm_impl must be one of {LSTM_IMPLS}, got {lstm_impl!r}")
+        if lstm_impl == "nn" and (weight_dropout or variational_dropout):
+            raise ValueError("weight_dropout and variational_dropout need lstm_impl 'fused': "
+                             "torch.nn.LSTM has neither")
         if not hidden_sizes:
             raise ValueError("hidden_sizes must name at least one layer")
         self.embed = nn.Embedding(vocab_size, embed_dim)
@@ -66,7 +72,8 @@ class CharLM(nn.Module):
             inner_dropout = dropout if layers > 1 else 0.0
             if lstm_impl == "fused":
                 lstm = FusedLSTM(size_in, size, layers, batch_first=True, dropout=inner_dropout,
-                                 backend=backend)
+                                 backend=backend, weight_dropout=weight_dropout,
+                                 variational_dropout=variational_dropout)
             else:
                 lstm = nn.LSTM(size_in, size, layers, batch_first=True, dropout=inner_dropout)
             self.groups.append(lstm)

@@ -143,6 +143,17 @@ def learning_rate(config: TrainConfig, step: int, horizon: int | None) -> float:
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * done)))
 
 
+def make_optimizer(model: CharLM, config: TrainConfig, device: torch.device) -> torch.optim.Adam:
+    """Adam; with weight_decay, AdamW's decoupled decay on the weight matrices (embedding,
+    LSTM and output weights), none on biases. One parameter group without decay, so that
+    checkpoints of runs without it keep their layout."""
+    groups: list = list(model.parameters())
+    if config.weight_decay:
+        groups = [{"params": [p for p in groups if p.dim() >= 2], "weight_decay": config.weight_decay},
+                  {"params": [p for p in groups if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.Adam(groups, lr=config.lr, decoupled_weight_decay=True, fused=device.type == "cuda")
+
+
 # --- random number generators ----------------------------------------------------------------
 
 def rng_state(device: torch.device) -> dict:
@@ -275,13 +286,13 @@ class _Trainer:
         # anyway); then each draws its own dropout masks.
         seed_everything(config.seed)
         self.model = CharLM(len(self.vocab), config.embed_dim, config.hidden_sizes, config.dropout,
-                            config.lstm_impl, config.backend).to(device)
+                            config.lstm_impl, config.backend, config.weight_dropout,
+                            config.variational_dropout).to(device)
         if group.rank:
             seed_everything(config.seed + group.rank)
         self.net = (DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None)
                     if group.active else self.model)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr,
-                                          fused=device.type == "cuda")
+        self.optimizer = make_optimizer(self.model, config, device)
         self.state = zero_state(self.model, self.streams.streams.size(0), device)
         self.progress = {
             "step": 0, "elapsed_s": 0.0, "best_val_loss": None, "best_step": None,
@@ -441,6 +452,7 @@ class _Trainer:
         if self._budget_spent(p["step"], p["elapsed_s"]) is not None:
             return self._result("already done")
         p["session"] += 1
+        self._note(self._summary())
         bar = self._progress_bar()
         start = time.perf_counter()
         elapsed0 = p["elapsed_s"]
@@ -544,6 +556,17 @@ class _Trainer:
             self._bar = tqdm(total=self._horizon(), initial=self.progress["step"], unit="step",
                              dynamic_ncols=True, file=sys.stderr, disable=None)
         return self._bar
+
+    def _summary(self) -> str:
+        """One line: the model and its regularisers, the corpus, the budget."""
+        c = self.config
+        params = sum(p.numel() for p in self.model.parameters())
+        budget = " and ".join(([f"{c.max_steps} steps"] if c.max_steps is not None else [])
+                              + ([f"{c.minutes:g} min"] if c.minutes is not None else []))
+        return (f"model: LSTM {'x'.join(map(str, c.hidden_sizes))} ({c.lstm_impl}), {params:,} parameters, "
+                f"dropout {c.dropout:g}, weight dropout {c.weight_dropout:g}, variational dropout "
+                f"{c.variational_dropout:g}, weight decay {c.weight_decay:g}; corpus "
+                f"{self.corpus['chars']:,} characters; budget {budget}")
 
     def _note(self, message: str) -> None:
         if self.show_progress:
