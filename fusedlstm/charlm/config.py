@@ -122,14 +122,17 @@ BUDGET = ("max_steps", "minutes")
 # --- sizing the default preset ----------------------------------------------------------------
 # A run should neither memorise a small text (a 2x256 nn.LSTM without regularisers reached
 # train 0.17 and held-out 3.2 nats/char on 150 KB in 10 minutes) nor leave a large one to a
-# model too small to use it. Two estimates decide (benchmarks/RESULTS.md, "How the default
-# run is sized"):
+# model too small to use it. Two estimates decide (the measured runs: benchmarks/RESULTS.md,
+# "Quality at equal time: the sized default preset"):
 #   characters the budget trains on, from a step-time model of this trainer on 2 CPU threads
 #     (AMD EPYC, float32): seconds per step = STEP_S + parameters * PARAM_S at batch 32 x 64;
 #   passes over the training text = those characters / training characters.
 # Each layer gets the largest size of SIZE_LADDER for which the budget still trains on
 # CHARS_PER_PARAM characters per parameter and the model has at most PARAMS_PER_CHAR
 # parameters per training character; the regularisers grow with the passes.
+# Measured at 10 minutes on 2 threads, these constants give dropouts too strong for a
+# 150 KB text (1.5205 nats/char; 1.4470 with about half of them) and a model too large for
+# tiny-shakespeare (2x256: 1.5835; 2x128: 1.52): they are not yet fitted to such runs.
 SIZE_LADDER = (128, 192, 256, 384, 512)
 STEP_S, PARAM_S = 0.010, 1.0e-7
 CHARS_PER_PARAM = 15
