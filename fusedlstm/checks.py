@@ -26,6 +26,7 @@ check_hidden_dtype) and of PackedSequence input are here too.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -237,6 +238,13 @@ def check_size(name: str, value, minimum: int = 1) -> None:
     if value < minimum:
         raise ValueError(f"{name} must be greater than zero" if minimum == 1
                          else f"{name} must be at least {minimum}, got {value}")
+
+
+def check_probability(name: str, value) -> None:
+    """A dropout probability: a number in [0, 1] (nn.LSTM's rule and message)."""
+    if not isinstance(value, numbers.Number) or isinstance(value, bool) or not 0 <= value <= 1:
+        raise ValueError(f"{name} should be a number in range [0, 1] representing the "
+                         f"probability of an element being zeroed, got {value!r}")
 
 
 def check_same_device(input: Tensor, weight: Tensor, hidden: tuple[Tensor, ...] = ()) -> None:

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import backends, export_onnx, regularisers
-from .checks import check_hidden_dtype, check_packed_sequence, check_same_device, check_size
+from .checks import (check_hidden_dtype, check_packed_sequence, check_probability, check_same_device,
+                     check_size)
 from .layer import LayerWeights
 from .layer import run as run_layer
 
@@ -62,7 +63,7 @@ class FusedLSTM(nn.Module):
         super().__init__()
         for name, p in (("dropout", dropout), ("weight_dropout", weight_dropout),
                         ("variational_dropout", variational_dropout)):
-            regularisers.check_probability(name, p)
+            check_probability(name, p)
         for name, flag in (("bias", bias), ("batch_first", batch_first),
                            ("bidirectional", bidirectional)):
             if not isinstance(flag, bool):

@@ -18,17 +18,8 @@ that layer's W_hh mask (when p > 0).
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import Tensor
-
-
-def check_probability(name: str, value) -> None:
-    """A dropout probability: a number in [0, 1] (nn.LSTM's rule and message)."""
-    if not isinstance(value, numbers.Number) or isinstance(value, bool) or not 0 <= value <= 1:
-        raise ValueError(f"{name} should be a number in range [0, 1] representing the "
-                         f"probability of an element being zeroed, got {value!r}")
 
 
 def keep_mask(shape, p: float, like: Tensor) -> Tensor:
