@@ -139,6 +139,8 @@ def test_default_preset_is_sized_to_the_corpus_and_the_budget(tmp_path):
         assert getattr(long_small, field) > getattr(long_large, field), field
     assert (long_large.weight_dropout, long_large.variational_dropout) == (0, 0)
     assert long_small.weight_dropout >= 0.3
+    # A wider model takes smaller steps.
+    assert long_small.lr == short_small.lr * short_small.hidden_sizes[0] / long_small.hidden_sizes[0]
     # The budget in steps counts as well as in minutes.
     assert sized(150_000, tmp_path, max_steps=10).hidden_sizes[0] == 128
 
@@ -147,6 +149,8 @@ def test_given_values_win_over_the_sizing(tmp_path):
     config = sized(150_000, tmp_path, minutes=10, hidden_sizes=(512,), dropout=0.05, weight_dropout=0.1)
     assert (config.hidden_sizes, config.dropout, config.weight_dropout) == ((512,), 0.05, 0.1)
     assert config.variational_dropout > 0  # sized for the model given
+    assert config.lr < sized(150_000, tmp_path, minutes=10).lr  # and its width
+    assert sized(150_000, tmp_path, minutes=10, lr=0.02).lr == 0.02
     three = sized(150_000, tmp_path, minutes=10, hidden_sizes=(0, 0, 0)).hidden_sizes  # --layers 3 alone
     assert len(set(three)) == 1 and len(three) == 3
     assert 128 <= three[0] <= sized(150_000, tmp_path, minutes=10).hidden_sizes[0]  # sized for 3 layers

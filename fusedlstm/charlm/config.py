@@ -129,15 +129,17 @@ BUDGET = ("max_steps", "minutes")
 #   passes over the training text = those characters / training characters.
 # Each layer gets the largest size of SIZE_LADDER for which the budget still trains on
 # CHARS_PER_PARAM characters per parameter and the model has at most PARAMS_PER_CHAR
-# parameters per training character; the regularisers grow with the passes.
-# Measured at 10 minutes on 2 threads, these constants give dropouts too strong for a
-# 150 KB text (1.5205 nats/char; 1.4470 with about half of them) and a model too large for
-# tiny-shakespeare (2x256: 1.5835; 2x128: 1.52): they are not yet fitted to such runs.
+# parameters per training character. Adam's peak learning rate falls with the width,
+# LR_AT_128 * 128 / hidden size: at 2x256 on the 150 KB text, 5e-3 reached 1.443 nats/char
+# where 1e-2 reached 1.447 after half again as many steps. The regularisers grow with the
+# passes: none up to 10 (tiny-shakespeare at 10 minutes, about 13 passes, was best with
+# nearly none: 1.462), the most from 100 (the 150 KB text, about 90 passes: 1.441).
 SIZE_LADDER = (128, 192, 256, 384, 512)
 STEP_S, PARAM_S = 0.010, 1.0e-7
-CHARS_PER_PARAM = 15
+CHARS_PER_PARAM = 12
 PARAMS_PER_CHAR = 8
-SIZED_FIELDS = ("hidden_sizes", "dropout", "weight_dropout", "variational_dropout")
+LR_AT_128 = 1e-2
+SIZED_FIELDS = ("hidden_sizes", "lr", "dropout", "weight_dropout", "variational_dropout")
 
 
 def lstm_parameters(embed_dim: int, hidden_sizes: tuple[int, ...]) -> int:
@@ -167,16 +169,17 @@ def sized_default(corpus_chars: int, values: dict, layers: int) -> dict:
             if planned_chars(values, (h,) * layers) >= CHARS_PER_PARAM * lstm_parameters(values["embed_dim"], (h,) * layers)
             and lstm_parameters(values["embed_dim"], (h,) * layers) <= PARAMS_PER_CHAR * train_chars]
     hidden_sizes = (max(fits, default=SIZE_LADDER[0]),) * layers
-    return dict(hidden_sizes=hidden_sizes, **regularisation(values, hidden_sizes, train_chars))
+    return dict(hidden_sizes=hidden_sizes, **training_rates(values, hidden_sizes, train_chars))
 
 
-def regularisation(values: dict, hidden_sizes: tuple[int, ...], train_chars: float) -> dict:
-    """The dropouts for a model of `hidden_sizes`: none below one pass over the text, the
-    most from 100 passes (strength log10(passes) / 2, clipped to [0, 1])."""
+def training_rates(values: dict, hidden_sizes: tuple[int, ...], train_chars: float) -> dict:
+    """The learning rate and the dropouts for a model of `hidden_sizes`: the rate from the
+    widest layer; the dropouts from the passes over the text, none up to 10, the most from
+    100 (strength log10(passes) - 1, clipped to [0, 1])."""
     passes = planned_chars(values, hidden_sizes) / max(1.0, train_chars)
-    strength = min(1.0, max(0.0, math.log10(max(passes, 1.0)) / 2))
-    return dict(dropout=round(0.1 + 0.3 * strength, 2), weight_dropout=round(0.5 * strength, 2),
-                variational_dropout=round(0.2 * strength, 2))
+    strength = min(1.0, max(0.0, math.log10(max(passes, 1.0)) - 1))
+    return dict(lr=LR_AT_128 * 128 / max(hidden_sizes), dropout=round(0.1 + 0.15 * strength, 2),
+                weight_dropout=round(0.5 * strength, 2), variational_dropout=round(0.15 * strength, 2))
 
 
 def corpus_chars(text: str | None) -> int:
@@ -220,7 +223,7 @@ def make_config(preset: str = "default", **overrides) -> TrainConfig:
             sized = sized_default(chars, values, len(hidden))
         else:
             sized = dict(hidden_sizes=hidden,
-                         **regularisation(values, hidden, chars * (1 - values["val_fraction"])))
+                         **training_rates(values, hidden, chars * (1 - values["val_fraction"])))
         if values["lstm_impl"] == "nn":
             sized.update(weight_dropout=0.0, variational_dropout=0.0)
         values.update({k: v for k, v in sized.items() if k == "hidden_sizes" or k not in overrides})

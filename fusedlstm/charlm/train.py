@@ -565,7 +565,7 @@ class _Trainer:
                               + ([f"{c.minutes:g} min"] if c.minutes is not None else []))
         return (f"model: LSTM {'x'.join(map(str, c.hidden_sizes))} ({c.lstm_impl}), {params:,} parameters, "
                 f"dropout {c.dropout:g}, weight dropout {c.weight_dropout:g}, variational dropout "
-                f"{c.variational_dropout:g}, weight decay {c.weight_decay:g}; corpus "
+                f"{c.variational_dropout:g}, weight decay {c.weight_decay:g}, lr {c.lr:g}; corpus "
                 f"{self.corpus['chars']:,} characters; budget {budget}")
 
     def _note(self, message: str) -> None:
