@@ -129,11 +129,14 @@ BUDGET = ("max_steps", "minutes")
 #   passes over the training text = those characters / training characters.
 # Each layer gets the largest size of SIZE_LADDER for which the budget still trains on
 # CHARS_PER_PARAM characters per parameter and the model has at most PARAMS_PER_CHAR
-# parameters per training character. Adam's peak learning rate falls with the width,
+# parameters per training character (on tiny-shakespeare at 10 minutes, 2x256 at about 14
+# characters per parameter and 2x192 at about 40 ended level with the same dropouts, 1.462;
+# 12 keeps that budget clear of the boundary). Adam's peak learning rate falls with the width,
 # LR_AT_128 * 128 / hidden size: at 2x256 on the 150 KB text, 5e-3 reached 1.443 nats/char
-# where 1e-2 reached 1.447 after half again as many steps. The regularisers grow with the
-# passes: none up to 10 (tiny-shakespeare at 10 minutes, about 13 passes, was best with
-# nearly none: 1.462), the most from 100 (the 150 KB text, about 90 passes: 1.441).
+# with the same dropouts where 1e-2 reached 1.447. Beyond the base dropout of 0.1, the
+# regularisers grow with the passes: none up to 10 (tiny-shakespeare at 10 minutes, about
+# 13 passes, reached 1.448 with nearly none, 1.462 with 0.1 / 0.1 / 0), the most from 100
+# (the 150 KB text, about 90 passes: 1.441 with 0.25 / 0.5 / 0.15).
 SIZE_LADDER = (128, 192, 256, 384, 512)
 STEP_S, PARAM_S = 0.010, 1.0e-7
 CHARS_PER_PARAM = 12
@@ -174,8 +177,8 @@ def sized_default(corpus_chars: int, values: dict, layers: int) -> dict:
 
 def training_rates(values: dict, hidden_sizes: tuple[int, ...], train_chars: float) -> dict:
     """The learning rate and the dropouts for a model of `hidden_sizes`: the rate from the
-    widest layer; the dropouts from the passes over the text, none up to 10, the most from
-    100 (strength log10(passes) - 1, clipped to [0, 1])."""
+    widest layer; the dropouts from the passes over the text, the base dropout alone up to
+    10, the most from 100 (strength log10(passes) - 1, clipped to [0, 1])."""
     passes = planned_chars(values, hidden_sizes) / max(1.0, train_chars)
     strength = min(1.0, max(0.0, math.log10(max(passes, 1.0)) - 1))
     return dict(lr=LR_AT_128 * 128 / max(hidden_sizes), dropout=round(0.1 + 0.15 * strength, 2),
