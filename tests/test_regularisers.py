@@ -19,7 +19,8 @@ LENGTHS = torch.tensor([3, 5, 2])  # unsorted: packing reorders the sequences
 
 def hand_mask(shape, p, dtype):
     """The mask the module draws next from the default generator."""
-    return torch.empty(shape, dtype=dtype).bernoulli_(1 - p) / (1 - p)
+    uniform = torch.rand(shape, dtype=torch.promote_types(dtype, torch.float32))
+    return (uniform < 1 - p).to(dtype) / (1 - p)
 
 
 def hand_reference(fused, x, lengths, p_weight, p_input):
@@ -175,6 +176,18 @@ def test_no_extra_state_and_conversions_keep_the_settings():
 def test_bad_probabilities_are_errors_naming_the_argument(name, value):
     with pytest.raises(ValueError, match=f"^{name} should be a number in range \\[0, 1\\].*got"):
         FusedLSTM(3, 5, **{name: value})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("p", [0.1, 0.48, 0.9])
+def test_masks_keep_each_value_with_probability_one_minus_p(p, dtype):
+    torch.manual_seed(0)
+    mask = regularisers.keep_mask((1000, 1000), p, torch.empty(0, dtype=dtype))
+    assert mask.dtype == dtype
+    kept = mask != 0
+    assert set(mask.unique().tolist()) == {0.0, (torch.ones((), dtype=dtype) / (1 - p)).item()}
+    # 10^6 draws: the kept fraction's standard deviation is below 5e-4.
+    assert abs(kept.double().mean().item() - (1 - p)) < 2.5e-3
 
 
 def test_probability_one_zeroes_and_keeps_the_graph():

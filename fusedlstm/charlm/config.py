@@ -181,7 +181,7 @@ def training_rates(values: dict, hidden_sizes: tuple[int, ...], train_chars: flo
     10, the most from 100 (strength log10(passes) - 1, clipped to [0, 1])."""
     passes = planned_chars(values, hidden_sizes) / max(1.0, train_chars)
     strength = min(1.0, max(0.0, math.log10(max(passes, 1.0)) - 1))
-    return dict(lr=LR_AT_128 * 128 / max(hidden_sizes), dropout=round(0.1 + 0.15 * strength, 2),
+    return dict(lr=float(f"{LR_AT_128 * 128 / max(hidden_sizes):.2g}"), dropout=round(0.1 + 0.15 * strength, 2),
                 weight_dropout=round(0.5 * strength, 2), variational_dropout=round(0.15 * strength, 2))
 
 
